@@ -1,0 +1,1 @@
+"""Event contracts: the single source of every message's shape."""

@@ -1,0 +1,1 @@
+"""The foundation every BitLoot service stands on."""

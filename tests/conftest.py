@@ -1,0 +1,115 @@
+"""Fixtures: each test gets its own database; each run its own RabbitMQ vhost."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from services.webhook_ingest.bootstrap import SPEC as WEBHOOK_INGEST
+from services.webhook_ingest.settings import WebhookIngestSettings
+from shared.auth import METRICS_SCOPE, TokenIssuer, generate_key_pair, load_private_key
+from shared.service import RunningService, start_service
+from tests.support import infra
+
+NOWPAYMENTS_SECRET = "test-ipn-secret"
+KINGUIN_SECRET = "test-kinguin-secret"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_context() -> Iterator[None]:
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(scope="session")
+def vhost() -> Iterator[str]:
+    name = infra.unique_name("bitloot_test")
+    infra.create_vhost(name)
+    yield name
+    infra.delete_vhost(name)
+
+
+@pytest.fixture(scope="session")
+def amqp_url(vhost: str) -> str:
+    return infra.amqp_url(vhost)
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    name = infra.unique_name("bitloot_test")
+    url = await infra.create_database(name)
+    yield url
+    await infra.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("keys")
+    generate_key_pair(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def token_issuer(key_dir: Path) -> TokenIssuer:
+    return TokenIssuer(
+        load_private_key(key_dir / "jwt-private.pem"), "bitloot", "bitloot"
+    )
+
+
+@pytest.fixture(scope="session")
+def metrics_token(token_issuer: TokenIssuer) -> str:
+    return token_issuer.mint("tests", [METRICS_SCOPE], 3600)
+
+
+@pytest.fixture
+def sd_dir(tmp_path: Path) -> Path:
+    return tmp_path / "targets"
+
+
+@pytest.fixture
+def common_env(
+    database_url: str, amqp_url: str, key_dir: Path, sd_dir: Path
+) -> dict[str, Any]:
+    """Settings every service under test shares, as keyword overrides."""
+    return {
+        "database_url": database_url,
+        "amqp_url": amqp_url,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "sd_dir": sd_dir,
+        "jwt_public_key_file": key_dir / "jwt-public.pem",
+        "log_format": "json",
+        "outbox_poll_seconds": 0.2,
+        "amqp_reconnect_seconds": 0.3,
+        "shutdown_timeout_seconds": 5.0,
+    }
+
+
+StartIngest = Callable[..., Awaitable[RunningService]]
+
+
+@pytest.fixture
+async def start_ingest(common_env: dict[str, Any]) -> AsyncIterator[StartIngest]:
+    """Start webhook-ingest instances in this process; all stop after the test."""
+    running: list[RunningService] = []
+
+    async def start(**overrides: Any) -> RunningService:
+        values = {
+            **common_env,
+            "nowpayments_ipn_secret": NOWPAYMENTS_SECRET,
+            "kinguin_webhook_secret": KINGUIN_SECRET,
+            **overrides,
+        }
+        settings = WebhookIngestSettings(**values)
+        service = await start_service(WEBHOOK_INGEST, settings)
+        running.append(service)
+        return service
+
+    yield start
+    for service in reversed(running):
+        await service.stop()
