@@ -140,7 +140,9 @@ class EventConsumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
-        event_type = self._type_label(message.routing_key or "")
+        # A retried message comes back routed by queue name, so the type label
+        # is read from the envelope, or the message's type property failing that.
+        event_type = self._type_label(message.type or message.routing_key or "")
         try:
             envelope = Envelope.model_validate_json(message.body)
         except ValidationError as error:
@@ -148,6 +150,7 @@ class EventConsumer:
                 message, event_type, f"unreadable envelope: {error}"
             )
             return
+        event_type = self._type_label(envelope.type)
 
         with structlog.contextvars.bound_contextvars(
             correlation_id=envelope.correlation_id,
