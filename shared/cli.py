@@ -17,6 +17,8 @@ SERVICE_SPECS = {
     "webhook-ingest": "services.webhook_ingest.bootstrap",
 }
 DAY = 24 * 3600
+# Where make run keeps its keys; used when no key file is configured.
+DEV_PRIVATE_KEY = Path(".run/keys/jwt-private.pem")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,15 +93,18 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     settings = load_settings(CommonSettings)
-    if settings.jwt_private_key_file is None:
+    key_file = settings.jwt_private_key_file
+    if key_file is None and DEV_PRIVATE_KEY.exists():
+        key_file = DEV_PRIVATE_KEY
+    if key_file is None:
         print(
             "bitloot token: set BITLOOT_JWT_PRIVATE_KEY_FILE to the private key "
-            "(make run writes one to .run/keys/jwt-private.pem)",
+            f"(make run writes one to {DEV_PRIVATE_KEY})",
             file=sys.stderr,
         )
         return 2
     issuer = TokenIssuer(
-        load_private_key(settings.jwt_private_key_file),
+        load_private_key(key_file),
         settings.jwt_issuer,
         settings.jwt_audience,
     )
