@@ -1,0 +1,67 @@
+"""Settings come from BITLOOT_* variables; bad ones stop start-up by name."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from services.webhook_ingest.settings import WebhookIngestSettings
+from shared.settings import ENV_PREFIX, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_bad_port_names_the_variable_and_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator sees which variable to fix and what it held."""
+    monkeypatch.setenv("BITLOOT_HTTP_PORT", "eighty")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(WebhookIngestSettings)
+
+    assert "BITLOOT_HTTP_PORT" in str(caught.value)
+    assert "'eighty'" in str(caught.value)
+
+
+def test_a_bad_secret_setting_is_named_without_echoing_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A credential never reaches the terminal or the logs, even when wrong."""
+    monkeypatch.setenv("BITLOOT_DATABASE_URL", "postgresql://u:hunter2@db/x")
+    monkeypatch.setenv("BITLOOT_DB_POOL_MIN", "0")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(WebhookIngestSettings, database_url=["not", "a", "string"])
+
+    assert "BITLOOT_DATABASE_URL" in str(caught.value)
+    assert "BITLOOT_DB_POOL_MIN" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert "'string'" not in str(caught.value)
+
+
+def test_the_defaults_work_on_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing set, webhook-ingest listens on 4004 against localhost."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+    settings = load_settings(WebhookIngestSettings)
+
+    assert settings.http_port == 4004
+    assert settings.database_url.endswith("127.0.0.1:5432/bitloot")
+    assert settings.nowpayments_ipn_secret is None
+
+
+def test_env_example_documents_every_setting() -> None:
+    """Each field of each service's settings appears in .env.example."""
+    documented = set(
+        re.findall(r"^(BITLOOT_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
+    expected = {
+        f"{ENV_PREFIX}{name.upper()}" for name in WebhookIngestSettings.model_fields
+    }
+    assert expected <= documented, sorted(expected - documented)
