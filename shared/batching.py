@@ -16,8 +16,9 @@ class GroupCommit(Generic[ItemT, ResultT]):
     No caller waits on a timer: the first item flushes at once, and whatever
     arrives while that flush is in flight goes out together in the next one.
     Under load batches grow by themselves; when idle each item goes alone.
-    The flush function returns one result per item, in order, or raises, in
-    which case every caller of that batch gets the exception.
+    The flush function returns one result per item, in order, or raises. When
+    a batch of several fails, each item is flushed again alone, so one item the
+    database refuses fails only its own caller.
     """
 
     def __init__(
@@ -54,16 +55,23 @@ class GroupCommit(Generic[ItemT, ResultT]):
             del self._pending[: self._max_batch]
             if self._on_batch is not None:
                 self._on_batch(len(batch))
-            try:
-                results = await self._flush([item for item, _ in batch])
-            except Exception as error:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            await self._flush_batch(batch)
+
+    async def _flush_batch(
+        self, batch: list[tuple[ItemT, asyncio.Future[ResultT]]]
+    ) -> None:
+        try:
+            results = await self._flush([item for item, _ in batch])
+        except Exception as error:
+            if len(batch) > 1:
+                for single in batch:
+                    await self._flush_batch([single])
+            elif not batch[0][1].done():
+                batch[0][1].set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def close(self) -> None:
         """Refuse new items and wait until every submitted one is written."""

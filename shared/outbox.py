@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
+from pydantic_core import PydanticSerializationError
 
 from contracts.envelope import Envelope
 from shared.broker import Broker, PublishError
@@ -29,7 +31,13 @@ MAX_RETRY_DELAY_SECONDS = 60.0
 
 def serialise(envelope: Envelope) -> bytes:
     """The exact bytes the relay will publish for an envelope."""
-    return envelope.model_dump_json().encode()
+    try:
+        return envelope.model_dump_json().encode()
+    except PydanticSerializationError:
+        # Lone surrogates (valid in a provider's JSON, not in UTF-8) cannot be
+        # written raw; escaped as \udXXX they are valid JSON, as in JavaScript.
+        document = envelope.model_dump(mode="json")
+        return json.dumps(document, separators=(",", ":")).encode()
 
 
 async def add_to_outbox(connection: Connection, envelopes: Iterable[Envelope]) -> None:

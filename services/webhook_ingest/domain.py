@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,11 @@ class IncompleteDeliveryError(ValueError):
     """The body lacks a field the provider always sends."""
 
 
+class MalformedFieldError(ValueError):
+    """A field the provider always sends holds something no provider would send."""
+
+
+_REFERENCE = re.compile(r"[\x21-\x7e]{1,128}")
 NOWPAYMENTS_REQUIRED = ("payment_id", "payment_status")
 # Kinguin's documented events and the fields each always carries; other event
 # names are stored and published as they come.
@@ -62,6 +68,15 @@ def require_fields(body: dict[str, Any], fields: tuple[str, ...], what: str) -> 
         raise IncompleteDeliveryError(f"{what} lacks {', '.join(missing)}")
 
 
+def as_reference(value: Any, field: str) -> str:
+    """A provider's id as text: a whole number or a short string of visible text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and _REFERENCE.fullmatch(value):
+        return value
+    raise MalformedFieldError(f"{field} is not an id: {str(value)[:40]!r}")
+
+
 def nowpayments_dedup_key(canonical_body: str) -> str:
     """The same IPN, resent, has the same canonical body whatever its whitespace."""
     return hashlib.sha256(canonical_body.encode()).hexdigest()
@@ -73,7 +88,8 @@ def kinguin_dedup_key(event_name: str, body: dict[str, Any]) -> str:
 
 
 def kinguin_reference(event_name: str, body: dict[str, Any]) -> str:
+    """The order or product the event is about, to find its deliveries by."""
     for field in ("orderId", "productId", "kinguinId"):
         if body.get(field) not in (None, ""):
-            return str(body[field])
+            return as_reference(body[field], field)
     return event_name

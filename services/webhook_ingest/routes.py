@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,9 +20,11 @@ from services.webhook_ingest.domain import (
     NOWPAYMENTS_REQUIRED,
     Delivery,
     IncompleteDeliveryError,
+    MalformedFieldError,
     Outcome,
     Provider,
     RejectionReason,
+    as_reference,
     kinguin_dedup_key,
     kinguin_reference,
     nowpayments_dedup_key,
@@ -92,13 +96,15 @@ class WebhookRoutes:
             raise _unauthorized("the signature does not match the body")
 
         body: dict[str, Any] = json.loads(raw)
-        self._require(provider, body, NOWPAYMENTS_REQUIRED, "the IPN")
+        with self._rejecting_invalid(provider):
+            require_fields(body, NOWPAYMENTS_REQUIRED, "the IPN")
+            reference = as_reference(body["payment_id"], "payment_id")
         delivery = Delivery(
             id=uuid.uuid4(),
             provider=provider,
             event_name="ipn",
             dedup_key=nowpayments_dedup_key(canonical),
-            reference=str(body["payment_id"]),
+            reference=reference,
             raw_body=raw,
             body=body,
             received_at=datetime.now(UTC),
@@ -130,14 +136,16 @@ class WebhookRoutes:
         if body is None:
             self._reject(provider)
             raise ApiError(400, "invalid_json", "the body is not a JSON object")
-        self._require(provider, body, KINGUIN_REQUIRED.get(event_name, ()), event_name)
+        with self._rejecting_invalid(provider):
+            require_fields(body, KINGUIN_REQUIRED.get(event_name, ()), event_name)
+            reference = kinguin_reference(event_name, body)
 
         delivery = Delivery(
             id=uuid.uuid4(),
             provider=provider,
             event_name=event_name,
             dedup_key=kinguin_dedup_key(event_name, body),
-            reference=kinguin_reference(event_name, body),
+            reference=reference,
             raw_body=raw,
             body=body,
             received_at=datetime.now(UTC),
@@ -201,18 +209,17 @@ class WebhookRoutes:
             raise ApiError(503, "missing_secret", detail)
         return secret
 
-    def _require(
-        self,
-        provider: Provider,
-        body: dict[str, Any],
-        fields: tuple[str, ...],
-        what: str,
-    ) -> None:
+    @contextmanager
+    def _rejecting_invalid(self, provider: Provider) -> Iterator[None]:
+        """Answer 400 for a body that lacks or garbles what the provider sends."""
         try:
-            require_fields(body, fields, what)
+            yield
         except IncompleteDeliveryError as error:
             self._reject(provider)
             raise ApiError(400, "missing_fields", str(error)) from None
+        except MalformedFieldError as error:
+            self._reject(provider)
+            raise ApiError(400, "invalid_field", str(error)) from None
 
     def _refuse(self, provider: Provider, reason: RejectionReason) -> None:
         self._metrics.invalid_hmac.labels(
@@ -241,7 +248,11 @@ def _unauthorized(detail: str) -> ApiError:
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -45,22 +45,23 @@ class DeliveryStore:
         self, pool: asyncpg.Pool, on_batch: Callable[[int], None] | None = None
     ) -> None:
         self._pool = pool
-        self._group: GroupCommit[tuple[Delivery, Envelope], Outcome] = GroupCommit(
-            self._record_batch, on_batch=on_batch
+        self._group: GroupCommit[tuple[Delivery, Envelope, bytes], Outcome] = (
+            GroupCommit(self._record_batch, on_batch=on_batch)
         )
 
     async def record_delivery(self, delivery: Delivery, event: Envelope) -> Outcome:
         """Store a delivery and stage its event; ``duplicate`` if already stored."""
-        return await self._group.submit((delivery, event))
+        # Serialised here, so an event that cannot be fails its own request only.
+        return await self._group.submit((delivery, event, serialise(event)))
 
     async def close(self) -> None:
         await self._group.close()
 
     async def _record_batch(
-        self, batch: list[tuple[Delivery, Envelope]]
+        self, batch: list[tuple[Delivery, Envelope, bytes]]
     ) -> list[Outcome]:
         columns: list[list[object]] = [[] for _ in range(10)]
-        for delivery, event in batch:
+        for delivery, event, event_body in batch:
             row = (
                 delivery.id,
                 delivery.provider.value,
@@ -71,7 +72,7 @@ class DeliveryStore:
                 delivery.received_at,
                 event.id,
                 event.type,
-                serialise(event),
+                event_body,
             )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
@@ -82,5 +83,5 @@ class DeliveryStore:
         stored: set[uuid.UUID] = {row["id"] for row in rows}
         return [
             Outcome.ACCEPTED if delivery.id in stored else Outcome.DUPLICATE
-            for delivery, _ in batch
+            for delivery, _, _ in batch
         ]

@@ -95,3 +95,23 @@ async def test_batches_never_exceed_the_maximum() -> None:
 
     assert max(len(batch) for batch in flush.batches) <= 4
     assert sorted(n for batch in flush.batches for n in batch) == list(range(10))
+
+
+async def test_an_item_the_flush_refuses_fails_alone_and_its_batch_mates_succeed() -> (
+    None
+):
+    """One bad delivery in a shared commit does not turn the others into errors."""
+
+    async def flush(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("13 cannot be stored")
+        return items
+
+    group = GroupCommit(flush, max_concurrent_flushes=1)
+    results = await asyncio.gather(
+        *(group.submit(n) for n in (11, 12, 13, 14)), return_exceptions=True
+    )
+
+    assert results[:2] == [11, 12]
+    assert isinstance(results[2], ValueError)
+    assert results[3] == 14
