@@ -8,12 +8,10 @@ and counts requests by route template.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -250,7 +248,3 @@ def create_app(
     for route in ("/healthz", "/readyz", "/metrics"):
         state.metrics.prime_route(route, "GET", (200,))
     return app
-
-
-def json_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
