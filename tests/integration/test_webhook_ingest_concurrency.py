@@ -16,7 +16,12 @@ from services.webhook_ingest.signature import nowpayments_signature
 from tests.conftest import NOWPAYMENTS_SECRET, StartIngest
 from tests.support.events import EventTap
 from tests.support.ipn import ipn_body, signed_headers
-from tests.support.metrics import Samples, scrape, scrape_until, value
+from tests.support.metrics import scrape, scrape_until, value
+from tests.support.webhooks import (
+    duplicates,
+    post,
+    stored_deliveries,
+)
 
 IPN = "/webhooks/nowpayments/ipn"
 IPN_EVENT = "webhook.nowpayments.received"
@@ -28,35 +33,6 @@ QUIET_SECONDS = 1.0
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as client:
         yield client
-
-
-async def post(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, dict[str, Any]]:
-    async with session.post(url, data=body, headers=headers) as response:
-        return response.status, await response.json()
-
-
-async def fetch_rows(database_url: str, query: str) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        return await connection.fetch(query)
-    finally:
-        await connection.close()
-
-
-async def stored_deliveries(database_url: str) -> list[asyncpg.Record]:
-    return await fetch_rows(
-        database_url,
-        "SELECT provider, reference, raw_body, event_id "
-        "FROM webhook_ingest.deliveries ORDER BY received_at",
-    )
-
-
-def duplicates(samples: Samples) -> float:
-    return value(
-        samples, "bitloot_duplicate_webhook_count_total", provider="nowpayments"
-    )
 
 
 def statuses(answers: list[tuple[int, dict[str, Any]]]) -> Counter[tuple[int, str]]:

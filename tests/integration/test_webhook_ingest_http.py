@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from shared.auth import METRICS_SCOPE, TokenIssuer
@@ -16,7 +15,14 @@ from shared.service import RunningService
 from tests.conftest import KINGUIN_SECRET, NOWPAYMENTS_SECRET, StartIngest
 from tests.support.events import EventTap
 from tests.support.ipn import ipn_body, signed_headers
-from tests.support.metrics import Samples, scrape, value
+from tests.support.metrics import scrape
+from tests.support.webhooks import (
+    duplicates,
+    fetch_rows,
+    invalid_hmac,
+    post,
+    stored_deliveries,
+)
 
 VECTORS_PATH = Path(__file__).resolve().parent.parent / "data/nowpayments/vectors.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
@@ -41,17 +47,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-async def post(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: Any,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """POST a body; return the status and the JSON answer."""
-    async with session.post(url, data=body, headers=headers or {}) as response:
-        return response.status, await response.json()
-
-
 def kinguin_headers(
     secret: str | None = KINGUIN_SECRET, event_name: str | None = "order.status"
 ) -> dict[str, str]:
@@ -63,35 +58,9 @@ def kinguin_headers(
     return headers
 
 
-async def fetch_rows(database_url: str, query: str) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        return await connection.fetch(query)
-    finally:
-        await connection.close()
-
-
-async def stored_deliveries(database_url: str) -> list[asyncpg.Record]:
-    return await fetch_rows(
-        database_url,
-        "SELECT provider, event_name, reference, raw_body "
-        "FROM webhook_ingest.deliveries ORDER BY received_at",
-    )
-
-
 async def outbox_rows(database_url: str) -> int:
     rows = await fetch_rows(database_url, "SELECT id FROM webhook_ingest.outbox")
     return len(rows)
-
-
-def invalid_hmac(samples: Samples, provider: str, reason: str) -> float:
-    return value(
-        samples, "bitloot_invalid_hmac_count_total", provider=provider, reason=reason
-    )
-
-
-def duplicates(samples: Samples, provider: str) -> float:
-    return value(samples, "bitloot_duplicate_webhook_count_total", provider=provider)
 
 
 def vector_has_required_fields(vector: dict[str, Any]) -> bool:
