@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+EXCHANGE = "bitloot.events"
+
 
 class EventData(BaseModel):
     """The payload of one event type; subclasses name their routing key."""

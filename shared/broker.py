@@ -16,9 +16,10 @@ from aio_pika.abc import (
 )
 from pamqp.commands import Basic
 
+from contracts.envelope import EXCHANGE
+
 logger = structlog.get_logger(__name__)
 
-EXCHANGE = "bitloot.events"
 
 # Errors after which a publish may succeed if tried again later.
 RETRYABLE_BROKER_ERRORS: tuple[type[BaseException], ...] = (
