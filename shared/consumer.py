@@ -21,8 +21,8 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from contracts.envelope import Envelope
-from shared.broker import EXCHANGE, RETRYABLE_BROKER_ERRORS, Broker
+from contracts.envelope import EXCHANGE, Envelope
+from shared.broker import RETRYABLE_BROKER_ERRORS, Broker
 from shared.db import Connection
 from shared.metrics import ServiceMetrics
 

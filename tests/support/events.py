@@ -9,7 +9,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from shared.broker import EXCHANGE
+from contracts.envelope import EXCHANGE
 
 
 class EventTap:
