@@ -186,8 +186,8 @@ class WebhookRoutes:
         self._metrics.deliveries.labels(provider=provider, outcome=outcome.value).inc()
         if outcome is Outcome.DUPLICATE:
             self._metrics.duplicates.labels(provider=provider).inc()
-        logger.info(
-            "webhook_recorded",
+        # The request's one log line, written by the middleware, carries these.
+        structlog.contextvars.bind_contextvars(
             provider=provider,
             outcome=outcome.value,
             reference=delivery.reference,
