@@ -114,7 +114,10 @@ def _entries(container: dict[str, object] | list[object]) -> list[tuple[str, obj
         elif key != _PROTO_KEY:
             names.append(key)
     indices.sort(key=int)
-    names.sort(key=_utf16_sort_key)
+    if all(name.isascii() for name in names):
+        names.sort()  # code-point and UTF-16 order agree on ASCII
+    else:
+        names.sort(key=_utf16_sort_key)
     return [(key, container[key]) for key in (*indices, *names)]
 
 
@@ -130,11 +133,18 @@ def _escape_match(match: re.Match[str]) -> str:
 
 
 def _quote(text: str) -> str:
+    if _NEEDS_ESCAPE.search(text) is None:
+        return f'"{text}"'
     return '"' + _NEEDS_ESCAPE.sub(_escape_match, text) + '"'
 
 
 def _js_number(number: float) -> str:
     """Format a double like ECMAScript Number::toString, or "null" if not finite."""
+    if 1e-4 <= abs(number) < 1e16:
+        # Here Python's repr and ECMAScript both print positional notation of
+        # the same shortest digits; only Python's trailing ".0" differs.
+        text = repr(number)
+        return text[:-2] if text.endswith(".0") else text
     if not math.isfinite(number):
         return "null"
     if number == 0:
@@ -161,16 +171,16 @@ def _js_number(number: float) -> str:
 
 
 def _scalar(value: object) -> str:
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, float):
+        return _js_number(value)
     if value is None:
         return "null"
     if value is True:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, str):
-        return _quote(value)
-    if isinstance(value, float):
-        return _js_number(value)
     if isinstance(value, int):
         try:
             return _js_number(float(value))
