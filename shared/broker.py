@@ -112,9 +112,13 @@ class Broker:
         message_id: str,
         headers: dict[str, Any] | None = None,
         correlation_id: str | None = None,
-        timeout: float = 5.0,
+        timeout: float | None = 5.0,
     ) -> None:
-        """Publish a persistent message and wait for the broker's confirm."""
+        """Publish a persistent message and wait for the broker's confirm.
+
+        ``timeout=None`` leaves the bound to the caller, who may bound many
+        publishes at once more cheaply than one timer each.
+        """
         exchange = self._exchange
         if exchange is None or not self.is_connected():
             raise BrokerUnavailableError("not connected to RabbitMQ")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -134,7 +135,7 @@ class OutboxRelay:
                 SELECT id, routing_key, body, attempts
                 FROM outbox
                 WHERE next_attempt_at <= clock_timestamp()
-                ORDER BY seq
+                ORDER BY next_attempt_at, seq
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED
                 """,
@@ -143,9 +144,7 @@ class OutboxRelay:
             if not rows:
                 return 0, 0
 
-            outcomes = await asyncio.gather(
-                *(self._publish_row(row) for row in rows), return_exceptions=True
-            )
+            outcomes = await self._publish_all(rows)
             published = [r["id"] for r, o in zip(rows, outcomes, strict=True) if not o]
             failed = [(r, o) for r, o in zip(rows, outcomes, strict=True) if o]
 
@@ -156,11 +155,14 @@ class OutboxRelay:
             if failed:
                 await self._postpone(connection, failed)
 
-        for row, outcome in zip(rows, outcomes, strict=True):
-            result = "retry" if outcome else "ok"
-            self._metrics.events_published.labels(
-                type=row["routing_key"], outcome=result
-            ).inc()
+        counts = Counter(
+            (row["routing_key"], "retry" if outcome else "ok")
+            for row, outcome in zip(rows, outcomes, strict=True)
+        )
+        for (routing_key, result), count in counts.items():
+            self._metrics.events_published.labels(type=routing_key, outcome=result).inc(
+                count
+            )
         if failed:
             logger.warning(
                 "outbox_publish_failed",
@@ -170,13 +172,24 @@ class OutboxRelay:
             )
         return len(published), len(rows)
 
+    async def _publish_all(
+        self, rows: list[asyncpg.Record]
+    ) -> list[BaseException | None]:
+        """Publish rows together; the error of each that was not confirmed in time."""
+        tasks = [asyncio.ensure_future(self._publish_row(row)) for row in rows]
+        _, late = await asyncio.wait(tasks, timeout=self._publish_timeout)
+        for task in late:
+            task.cancel()
+        unconfirmed = PublishError(f"no confirm within {self._publish_timeout}s")
+        return [unconfirmed if task in late else task.result() for task in tasks]
+
     async def _publish_row(self, row: asyncpg.Record) -> BaseException | None:
         try:
             await self._broker.publish(
                 row["routing_key"],
                 row["body"],
                 message_id=str(row["id"]),
-                timeout=self._publish_timeout,
+                timeout=None,
             )
         except PublishError as error:
             return error
