@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     migrate_cmd.add_argument(
         "services",
         nargs="*",
-        choices=[*SERVICE_SPECS, []],
-        help="services to migrate (default: all)",
+        metavar="SERVICE",
+        help=f"services to migrate, of {', '.join(SERVICE_SPECS)} (default: all)",
     )
     migrate_cmd.set_defaults(command=_migrate, name="migrate")
 
@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    unknown = sorted(set(args.services) - set(SERVICE_SPECS))
+    if unknown:
+        known = ", ".join(SERVICE_SPECS)
+        message = f"bitloot migrate: no service {', '.join(unknown)}; known: {known}"
+        print(message, file=sys.stderr)
+        return 2
     settings = load_settings(CommonSettings)
     for name in args.services or list(SERVICE_SPECS):
         spec = importlib.import_module(SERVICE_SPECS[name]).SPEC
