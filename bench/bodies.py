@@ -8,36 +8,20 @@ it costs about 0.1 ms a body, so the work is spread over every core.
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from services.webhook_ingest.signature import nowpayments_signature
+from tests.support.ipn import ipn_body as test_ipn_body
 
 FIRST_PAYMENT_ID = 6_000_000_000
 _CHUNK = 10_000
 
 
 def ipn_body(index: int) -> bytes:
-    """One IPN shaped like the ones NOWPayments sends (see tests/support/ipn.py)."""
-    body = {
-        "payment_id": FIRST_PAYMENT_ID + index,
-        "invoice_id": None,
-        "payment_status": "finished",
-        "pay_address": "bc1qexampleaddress0000000000000000000000",
-        "price_amount": 170,
-        "price_currency": "usd",
-        "pay_amount": 0.00412,
-        "actually_paid": 0.00412,
-        "pay_currency": "btc",
-        "order_id": f"order-{index}",
-        "order_description": "Steam gift card",
-        "purchase_id": "6084744717",
-        "outcome_amount": 0.0041,
-        "outcome_currency": "btc",
-    }
-    return json.dumps(body).encode()
+    """One IPN shaped like the tests' ones, with its own ids."""
+    return test_ipn_body(payment_id=FIRST_PAYMENT_ID + index, order_id=f"order-{index}")
 
 
 def _signed_lines(secret: str, start: int, stop: int) -> bytes:

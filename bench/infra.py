@@ -1,5 +1,7 @@
 """The bench's own PostgreSQL database, RabbitMQ vhost and server processes.
 
+Databases and vhosts are made the way the tests make theirs (tests.support).
+
 Everything is created under a random name and removed again by the caller's
 cleanup stack, whether the run succeeds, fails or is interrupted.
 """
@@ -25,11 +27,8 @@ import aio_pika
 import asyncpg
 
 from contracts.envelope import EXCHANGE
+from tests.support import infra as test_infra
 
-ADMIN_DSN = os.environ.get(
-    "BITLOOT_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-AMQP_HOST = os.environ.get("BITLOOT_BENCH_AMQP_HOST", "127.0.0.1:5672")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -37,26 +36,12 @@ class BenchError(Exception):
     """The bench cannot go on; the message says why."""
 
 
-def database_url(name: str) -> str:
-    base, _, _ = ADMIN_DSN.rpartition("/")
-    return f"{base}/{name}"
-
-
-async def _admin(statement: str) -> None:
-    connection = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 def create_database(name: str) -> str:
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    return database_url(name)
+    return asyncio.run(test_infra.create_database(name))
 
 
 def drop_database(name: str) -> None:
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(test_infra.drop_database(name))
 
 
 async def fetch_value(dsn: str, query: str) -> object:
@@ -84,13 +69,16 @@ def _rabbitmqctl(*args: str) -> str:
 
 
 def create_vhost(name: str) -> str:
-    _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    return f"amqp://guest:guest@{AMQP_HOST}/{name}"
+    try:
+        return test_infra.create_vhost(name)
+    except FileNotFoundError:
+        raise BenchError("rabbitmqctl is not on PATH; it creates the vhost") from None
+    except subprocess.CalledProcessError as error:
+        raise BenchError(f"rabbitmqctl failed: {error.stderr}") from None
 
 
 def delete_vhost(name: str) -> None:
-    _rabbitmqctl("delete_vhost", name)
+    test_infra.delete_vhost(name)
 
 
 async def bind_queue(amqp_url: str, queue: str, routing_key: str) -> None:
