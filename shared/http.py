@@ -61,7 +61,6 @@ class ServiceState:
     metrics: ServiceMetrics
     verifier: TokenVerifier | None
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
-    in_flight: int = 0
 
 
 STATE = web.AppKey("bitloot_state", ServiceState)
@@ -115,7 +114,6 @@ async def observe_requests(
     bind_correlation_id(correlation_id)
     route = _route_template(request)
     started = time.perf_counter()
-    state.in_flight += 1
     status = 500
     try:
         response = await handler(request)
@@ -124,9 +122,9 @@ async def observe_requests(
         status = error.status
         raise
     finally:
-        state.in_flight -= 1
         elapsed = time.perf_counter() - started
-        method = request.method
+        # Clients choose the method; an unknown one must not mint a series.
+        method = request.method if request.method in _KNOWN_METHODS else "other"
         state.metrics.http_requests.labels(
             route=route, method=method, status=str(status)
         ).inc()
@@ -143,6 +141,7 @@ async def observe_requests(
     return response
 
 
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -272,6 +272,3 @@ async def _serve(spec: ServiceSpec[SettingsT], settings: SettingsT) -> None:
         logger.info("service_stopping")
     finally:
         await running.stop()
-
-
-Waiter = Callable[[], Awaitable[None]]

@@ -15,7 +15,7 @@ from shared.service import RunningService
 from tests.conftest import KINGUIN_SECRET, NOWPAYMENTS_SECRET, StartIngest
 from tests.support.events import EventTap
 from tests.support.ipn import ipn_body, signed_headers
-from tests.support.metrics import scrape
+from tests.support.metrics import scrape, value
 from tests.support.webhooks import (
     duplicates,
     fetch_rows,
@@ -625,3 +625,26 @@ async def test_healthz_and_readyz_report_the_database_and_broker(
         ready = await response.json()
     assert ready["status"] == "ready"
     assert {"database", "broker"} <= set(ready["checks"])
+
+
+async def test_an_invented_http_method_is_counted_as_other(
+    start_ingest: StartIngest, session: aiohttp.ClientSession, metrics_token: str
+) -> None:
+    """Clients cannot create metric series by sending made-up methods."""
+    service = await start_ingest()
+
+    async with session.request("PROPFIND", f"{service.url}/nowhere") as response:
+        assert response.status == 404
+
+    samples = await scrape(service.url, metrics_token)
+    assert (
+        value(
+            samples,
+            "bitloot_http_requests_total",
+            route="unmatched",
+            method="other",
+            status="404",
+        )
+        == 1
+    )
+    assert not any("PROPFIND" in str(labels) for _, labels in samples)
