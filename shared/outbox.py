@@ -111,9 +111,13 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await self.drain()
-            except (asyncpg.PostgresError, OSError) as error:
+            except Exception as error:
+                # Whatever failed, the relay must live to try again: a dead relay
+                # would leave every later event in the outbox without a word.
                 self._metrics.database_connected.set(0)
-                logger.warning("outbox_relay_failed", error=str(error))
+                logger.warning(
+                    "outbox_relay_failed", error=f"{type(error).__name__}: {error}"
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
 
@@ -235,8 +239,10 @@ class OutboxRelay:
         try:
             listener = await asyncpg.connect(self._dsn, timeout=5)
             await listener.add_listener(self._channel, self._on_notify)
-        except (asyncpg.PostgresError, OSError, TimeoutError) as error:
-            logger.warning("outbox_listen_failed", error=str(error))
+        except Exception as error:
+            logger.warning(
+                "outbox_listen_failed", error=f"{type(error).__name__}: {error}"
+            )
             return
         self._listener = listener
 

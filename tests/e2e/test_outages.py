@@ -115,13 +115,17 @@ async def test_a_broker_lost_mid_run_reconnects_and_delivers_what_waited(
 
 
 async def test_a_webhook_is_refused_with_503_while_the_database_is_down(
-    start_ingest: StartIngest, database_url: str, postgres_proxy: TcpProxy
+    start_ingest: StartIngest,
+    database_url: str,
+    amqp_url: str,
+    postgres_proxy: TcpProxy,
 ) -> None:
-    """No 200 without a commit: the provider keeps the delivery and retries."""
+    """No 200 without a commit; once back, the retried delivery is published."""
     proxied = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{postgres_proxy.port}")
     service = await start_ingest(database_url=proxied)
 
     postgres_proxy.go_down()
+    await asyncio.sleep(0.5)  # let the relay meet the outage on its next poll
     [(status, answer)] = await post_ipns(service.url, range(300, 301))
     assert status == 503
     assert answer["error"] == "storage_unavailable"
@@ -133,10 +137,13 @@ async def test_a_webhook_is_refused_with_503_while_the_database_is_down(
         assert "database" in (await ready.json())["failing"]
 
     postgres_proxy.come_up()
-    async with asyncio.timeout(20):
-        while True:
-            [(status, answer)] = await post_ipns(service.url, range(300, 301))
-            if status == 200:
-                break
-            await asyncio.sleep(0.2)
-    assert answer == {"status": "accepted"}
+    async with EventTap(amqp_url, [ROUTED]) as tap:
+        async with asyncio.timeout(20):
+            while True:
+                [(status, answer)] = await post_ipns(service.url, range(300, 301))
+                if status == 200:
+                    break
+                await asyncio.sleep(0.2)
+        assert answer == {"status": "accepted"}
+        envelopes = await tap.wait_for(1, timeout=15)
+    assert envelopes[0]["data"]["payment_id"] == "300"
