@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -194,12 +195,16 @@ async def _lock_waiters(connection: asyncpg.Connection) -> int:
     return int(count)
 
 
-async def _until_lock_waiters(connection: asyncpg.Connection, count: int) -> None:
-    async with asyncio.timeout(5):
-        while True:
-            if await _lock_waiters(connection) >= count:
-                return
-            await asyncio.sleep(0.02)
+async def _until_lock_waiters(
+    connection: asyncpg.Connection, count: int, timeout: float = 5.0
+) -> bool:
+    """Wait until ``count`` sessions wait on a lock; False if none came in time."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while await _lock_waiters(connection) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            return True
+    return False
 
 
 async def test_one_unstorable_delivery_does_not_fail_the_others_in_its_batch(
@@ -215,17 +220,19 @@ async def test_one_unstorable_delivery_does_not_fail_the_others_in_its_batch(
         body = ipn_body(payment_id=payment_id, **extra)
         return body, signed_headers(NOWPAYMENTS_SECRET, body)
 
-    # Hold the table so both flush slots block; later deliveries then queue
-    # up and are written together in one batch once the lock is released.
+    # Hold the table so the flush slots block; later deliveries then queue up
+    # and are written together in one batch once the lock is released.
     blocker = await asyncpg.connect(database_url)
     try:
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("LOCK TABLE webhook_ingest.deliveries IN EXCLUSIVE MODE")
         held = [asyncio.create_task(post(session, url, *signed(1)))]
-        await _until_lock_waiters(blocker, 1)
+        assert await _until_lock_waiters(blocker, 1)
         held.append(asyncio.create_task(post(session, url, *signed(2))))
-        await _until_lock_waiters(blocker, 2)
+        # The second slot usually blocks too; if it has not yet, the deliveries
+        # below still queue behind the first, which is all this test needs.
+        await _until_lock_waiters(blocker, 2, timeout=1.0)
         poisoned = asyncio.create_task(
             post(session, url, *signed(3, order_description="x\ud800y"))
         )
