@@ -45,3 +45,9 @@ def invalid_hmac(samples: Samples, provider: str, reason: str) -> float:
 
 def duplicates(samples: Samples, provider: str = "nowpayments") -> float:
     return value(samples, "bitloot_duplicate_webhook_count_total", provider=provider)
+
+
+def deliveries(samples: Samples, outcome: str, provider: str = "nowpayments") -> float:
+    return value(
+        samples, "bitloot_webhook_deliveries_total", provider=provider, outcome=outcome
+    )
