@@ -28,7 +28,10 @@ from shared.metrics import ServiceMetrics
 
 logger = structlog.get_logger(__name__)
 
-EventHandler = Callable[[Connection, Envelope], Awaitable[None]]
+# What to do once the handler's transaction has committed, such as counting the
+# business fact it recorded: never before, and never for a rolled-back attempt.
+AfterCommit = Callable[[], None]
+EventHandler = Callable[[Connection, Envelope], Awaitable[AfterCommit | None]]
 ATTEMPTS_HEADER = "x-bitloot-attempts"
 ERROR_HEADER = "x-bitloot-error"
 UNKNOWN_TYPE = "unknown"
@@ -159,7 +162,7 @@ class EventConsumer:
             queue=self.queue_name,
         ):
             try:
-                handled = await self._handle_once(envelope)
+                handled = await self.handle_once(envelope)
             except PoisonMessageError as error:
                 await self._dead_letter(message, event_type, str(error))
                 return
@@ -176,8 +179,12 @@ class EventConsumer:
             ).observe(time.perf_counter() - started)
             logger.debug("event_handled", outcome=outcome)
 
-    async def _handle_once(self, envelope: Envelope) -> bool:
-        """Run the handler in a transaction with the inbox row; False if seen."""
+    async def handle_once(self, envelope: Envelope) -> bool:
+        """Run the handler in a transaction with the inbox row; False if seen.
+
+        The message is acknowledged only after this returns, so a crash in
+        between redelivers an envelope whose inbox row makes it a no-op.
+        """
         async with self._pool.acquire() as connection, connection.transaction():
             first = await connection.fetchval(
                 """
@@ -192,7 +199,9 @@ class EventConsumer:
             )
             if not first:
                 return False
-            await self._handler(connection, envelope)
+            after_commit = await self._handler(connection, envelope)
+        if after_commit is not None:
+            after_commit()
         return True
 
     async def _retry_or_dead_letter(

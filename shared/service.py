@@ -20,6 +20,7 @@ from aiohttp import web
 
 from shared.auth import KeyFileError, TokenVerifier, load_public_key
 from shared.broker import Broker
+from shared.consumer import EventConsumer, EventHandler
 from shared.db import create_pool, discover_migrations, migrate
 from shared.discovery import register_target, unregister_target
 from shared.http import ServiceState, create_app
@@ -48,6 +49,7 @@ class Runtime(Generic[SettingsT]):
     pool: asyncpg.Pool | None = None
     broker: Broker | None = None
     relay: OutboxRelay | None = None
+    consumers: list[EventConsumer] = field(default_factory=list)
 
     def require_pool(self) -> asyncpg.Pool:
         assert self.pool is not None, "the pool opens before service contexts run"
@@ -55,6 +57,15 @@ class Runtime(Generic[SettingsT]):
 
 
 ServiceContext = Callable[[Runtime[SettingsT]], AsyncIterator[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerSpec(Generic[SettingsT]):
+    """A durable queue the service consumes, and how to build its handler."""
+
+    queue: str
+    routing_keys: Sequence[str]
+    handler: Callable[[Runtime[SettingsT]], EventHandler]
 
 
 @dataclass
@@ -68,6 +79,7 @@ class ServiceSpec(Generic[SettingsT]):
     setup: Callable[[Runtime[SettingsT]], None]
     published_types: Sequence[str] = ()
     contexts: Sequence[ServiceContext[SettingsT]] = field(default_factory=tuple)
+    consumers: Sequence[ConsumerSpec[SettingsT]] = field(default_factory=tuple)
 
 
 @dataclass
@@ -111,6 +123,10 @@ async def start_service(
     app.cleanup_ctx.append(_relay(runtime))
     for context in spec.contexts:
         app.cleanup_ctx.append(_bind(context, runtime))
+    # Consumers start last, once everything their handlers use is open, and
+    # stop first, finishing the messages they hold before anything closes.
+    for consumer in spec.consumers:
+        app.cleanup_ctx.append(_consumer(consumer, runtime))
     spec.setup(runtime)
 
     runner = web.AppRunner(
@@ -243,6 +259,28 @@ def _relay(
         await relay.stop()
 
     return relay_context
+
+
+def _consumer(
+    consumer_spec: ConsumerSpec[SettingsT], runtime: Runtime[SettingsT]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def consumer_context(_: web.Application) -> AsyncIterator[None]:
+        assert runtime.broker is not None
+        consumer = EventConsumer(
+            runtime.broker,
+            runtime.require_pool(),
+            runtime.metrics,
+            queue=consumer_spec.queue,
+            routing_keys=consumer_spec.routing_keys,
+            handler=consumer_spec.handler(runtime),
+            retry_delays=runtime.settings.consumer_retry_seconds,
+        )
+        await consumer.start()
+        runtime.consumers.append(consumer)
+        yield
+        await consumer.stop()
+
+    return consumer_context
 
 
 def run_forever(spec: ServiceSpec[SettingsT]) -> None:

@@ -49,6 +49,9 @@ class CommonSettings(BaseSettings):
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
     publish_timeout_seconds: float = Field(default=5.0, gt=0)
     amqp_reconnect_seconds: float = Field(default=2.0, gt=0)
+    consumer_retry_seconds: tuple[float, ...] = Field(
+        default=(1.0, 5.0, 30.0), min_length=1, max_length=10
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
@@ -59,6 +62,10 @@ def describe_validation_error(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
         field = ".".join(str(part) for part in problem["loc"])
+        if not field:
+            # A check across settings names its variables in its own message.
+            lines.append(problem["msg"].removeprefix("Value error, "))
+            continue
         variable = f"{ENV_PREFIX}{field.upper()}"
         given: Any = problem.get("input")
         hidden = isinstance(given, dict) or any(
