@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import contracts.webhooks  # noqa: F401  (registers the webhook events)
+# Importing the contract modules registers their events.
+import contracts.payments
+import contracts.webhooks  # noqa: F401  (imported for registration only)
 from contracts.envelope import EVENT_TYPES, EXCHANGE, Envelope
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -20,10 +22,10 @@ SCHEMA_DIR = Path(__file__).parent / "schemas"
 def render_schemas() -> dict[str, str]:
     """File name to file text, for the envelope and each registered event."""
     documents: dict[str, dict[str, Any]] = {
-        "envelope.schema.json": Envelope.model_json_schema(),
+        "envelope.schema.json": Envelope.model_json_schema(mode="serialization"),
     }
     for event_type, data_class in sorted(EVENT_TYPES.items()):
-        schema = data_class.model_json_schema()
+        schema = data_class.model_json_schema(mode="serialization")
         schema["$id"] = f"https://bitloot.example/schemas/{event_type}.schema.json"
         schema["x-routing-key"] = event_type
         schema["x-version"] = data_class.version
