@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 import structlog
 
+from services.payment.bootstrap import IPN_QUEUE, KINGUIN_QUEUE
+from services.payment.bootstrap import SPEC as PAYMENT
+from services.payment.settings import PaymentSettings
 from services.webhook_ingest.bootstrap import SPEC as WEBHOOK_INGEST
 from services.webhook_ingest.settings import WebhookIngestSettings
 from shared.auth import METRICS_SCOPE, TokenIssuer, generate_key_pair, load_private_key
@@ -87,6 +90,7 @@ def common_env(
         "outbox_poll_seconds": 0.2,
         "amqp_reconnect_seconds": 0.3,
         "shutdown_timeout_seconds": 5.0,
+        "consumer_retry_seconds": (0.2, 0.5),
     }
 
 
@@ -113,3 +117,35 @@ async def start_ingest(common_env: dict[str, Any]) -> AsyncIterator[StartIngest]
     yield start
     for service in reversed(running):
         await service.stop()
+
+
+StartPayment = Callable[..., Awaitable[RunningService]]
+
+
+@pytest.fixture
+async def start_payment(common_env: dict[str, Any]) -> AsyncIterator[StartPayment]:
+    """Start payment instances consuming from the test's vhost; all stop after.
+
+    The vhost lives for the whole run, so the payment queues are deleted before
+    and after each test: no test consumes what another left behind.
+    """
+    queues = [
+        f"{queue}{suffix}"
+        for queue in (IPN_QUEUE, KINGUIN_QUEUE)
+        for suffix in ("", ".retry.0", ".retry.1", ".dlq")
+    ]
+    await infra.delete_queues(common_env["amqp_url"], queues)
+    running: list[RunningService] = []
+
+    async def start(**overrides: Any) -> RunningService:
+        settings = PaymentSettings(**{**common_env, **overrides})
+        service = await start_service(PAYMENT, settings)
+        for consumer in service.runtime.consumers:
+            assert await consumer.wait_consuming(10), consumer.queue_name
+        running.append(service)
+        return service
+
+    yield start
+    for service in reversed(running):
+        await service.stop()
+    await infra.delete_queues(common_env["amqp_url"], queues)

@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from urllib.parse import quote
 
+import aio_pika
 import asyncpg
 
 ADMIN_DSN = os.environ.get(
@@ -65,3 +66,14 @@ def delete_vhost(name: str) -> None:
 
 def amqp_url(vhost: str, host: str = AMQP_HOST) -> str:
     return f"amqp://guest:guest@{host}/{quote(vhost, safe='')}"
+
+
+async def delete_queues(amqp_url: str, names: list[str]) -> None:
+    """Delete durable queues so the next test starts without their messages."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+    finally:
+        await connection.close()
