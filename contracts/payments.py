@@ -14,7 +14,6 @@ from pydantic import Field, PlainSerializer
 
 from contracts.envelope import EventData, register
 
-
 # Always positional notation: 0.0000001, never 1E-7 as str(Decimal) would write.
 Amount = Annotated[
     Decimal, PlainSerializer(lambda amount: format(amount, "f"), return_type=str)

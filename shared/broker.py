@@ -31,6 +31,10 @@ RETRYABLE_BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+EVENT_LOG_MAX_LENGTH = 10_000
+EVENT_LOG_TTL_MS = 7 * 24 * 3600 * 1000
+
+
 class PublishError(Exception):
     """The broker did not confirm a message: returned, refused or timed out."""
 
@@ -46,9 +50,18 @@ class Broker:
     fast until the connection is back, and the outbox keeps what they carried.
     """
 
-    def __init__(self, url: str, reconnect_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        reconnect_seconds: float = 2.0,
+        *,
+        event_log: str | None = None,
+        event_log_keys: tuple[str, ...] = (),
+    ) -> None:
         self._url = url
         self._reconnect_seconds = reconnect_seconds
+        self._event_log = event_log
+        self._event_log_keys = event_log_keys
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -89,6 +102,7 @@ class Broker:
                 exchange = await channel.declare_exchange(
                     EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
                 )
+                await self._declare_event_log(channel, exchange)
             except RETRYABLE_BROKER_ERRORS as error:
                 if attempt == 1 or attempt % 10 == 0:
                     logger.warning(
@@ -103,6 +117,28 @@ class Broker:
             self._ready.set()
             logger.info("broker_connected", attempts=attempt)
             return
+
+    async def _declare_event_log(
+        self, channel: AbstractRobustChannel, exchange: AbstractExchange
+    ) -> None:
+        """Give events that no service consumes a bounded queue to land in.
+
+        Without one they would be unroutable forever and never leave the outbox;
+        with one an operator can read the latest of them, oldest dropped first.
+        """
+        if self._event_log is None or not self._event_log_keys:
+            return
+        queue = await channel.declare_queue(
+            self._event_log,
+            durable=True,
+            arguments={
+                "x-max-length": EVENT_LOG_MAX_LENGTH,
+                "x-overflow": "drop-head",
+                "x-message-ttl": EVENT_LOG_TTL_MS,
+            },
+        )
+        for key in self._event_log_keys:
+            await queue.bind(exchange, routing_key=key)
 
     async def publish(
         self,

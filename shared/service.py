@@ -80,6 +80,8 @@ class ServiceSpec(Generic[SettingsT]):
     published_types: Sequence[str] = ()
     contexts: Sequence[ServiceContext[SettingsT]] = field(default_factory=tuple)
     consumers: Sequence[ConsumerSpec[SettingsT]] = field(default_factory=tuple)
+    # Published types that no service consumes; they go to <name>.event-log.
+    unconsumed_types: Sequence[str] = ()
 
 
 @dataclass
@@ -216,8 +218,12 @@ def _broker(
     runtime: Runtime[SettingsT], state: ServiceState
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def broker_context(_: web.Application) -> AsyncIterator[None]:
+        spec = runtime.spec
         broker = Broker(
-            runtime.settings.amqp_url, runtime.settings.amqp_reconnect_seconds
+            runtime.settings.amqp_url,
+            runtime.settings.amqp_reconnect_seconds,
+            event_log=f"{spec.name}.event-log",
+            event_log_keys=tuple(spec.unconsumed_types),
         )
         await broker.start()
         await broker.wait_connected(timeout=2.0)

@@ -133,7 +133,7 @@ async def start_payment(common_env: dict[str, Any]) -> AsyncIterator[StartPaymen
         f"{queue}{suffix}"
         for queue in (IPN_QUEUE, KINGUIN_QUEUE)
         for suffix in ("", ".retry.0", ".retry.1", ".dlq")
-    ]
+    ] + ["payment.event-log"]
     await infra.delete_queues(common_env["amqp_url"], queues)
     running: list[RunningService] = []
 

@@ -93,6 +93,7 @@ SPEC = ServiceSpec(
         PaymentFailed.event_type,
         PaymentExpired.event_type,
     ),
+    unconsumed_types=(PaymentFailed.event_type, PaymentExpired.event_type),
     contexts=(serve_payments,),
     consumers=(
         ConsumerSpec(IPN_QUEUE, (NowPaymentsIpnReceived.event_type,), _ipn_handler),

@@ -7,9 +7,11 @@ them; the end-to-end tests send signed IPNs through webhook-ingest itself.
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
 from typing import Any
 
+import aio_pika
 import pytest
 
 from services.payment.bootstrap import IPN_QUEUE, KINGUIN_QUEUE
@@ -348,3 +350,36 @@ async def test_kinguin_order_status_updates_fulfilment_and_never_goes_back(
         1,
         1,
     ]
+
+
+async def test_events_no_service_consumes_land_in_the_event_log_not_the_outbox(
+    start_payment: StartPayment, amqp_url: str, database_url: str
+) -> None:
+    """payment.expired has no consumer, yet leaves the outbox for payment.event-log."""
+    payment = await start_payment()
+    order = await new_order(payment)
+
+    await publish(amqp_url, ipn_event(order, "expired"))
+    await wait_for_order(payment.url, order["order_id"], "expired")
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue("payment.event-log", ensure=True)
+        async with asyncio.timeout(10), queue.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                break
+    finally:
+        await connection.close()
+    assert message.routing_key == "payment.expired"
+    assert json.loads(message.body)["data"]["order_id"] == order["order_id"]
+    # The relay deletes the row just after the broker's confirm.
+    query = (
+        "SELECT count(*) AS n FROM payment.outbox WHERE routing_key = 'payment.expired'"
+    )
+    async with asyncio.timeout(5):
+        while True:
+            if (await fetch_rows(database_url, query))[0]["n"] == 0:
+                break
+            await asyncio.sleep(0.05)
