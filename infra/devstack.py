@@ -39,7 +39,10 @@ class Service:
     port: int
 
 
-SERVICES = (Service("webhook-ingest", "services.webhook_ingest", 4004),)
+SERVICES = (
+    Service("payment", "services.payment", 4003),
+    Service("webhook-ingest", "services.webhook_ingest", 4004),
+)
 
 
 def main() -> int:
@@ -229,6 +232,12 @@ def _print_access_points(with_prometheus: bool) -> None:
         "  read metrics:    TOKEN=$(.venv/bin/bitloot token --scope metrics:read)",
         '                   curl -H "Authorization: Bearer $TOKEN" '
         "http://127.0.0.1:4004/metrics",
+        "  place an order:  curl -s -X POST http://127.0.0.1:4003/v1/orders "
+        "-H 'Content-Type: application/json' \\",
+        '                     -d \'{"email": "you@example.com", "items": '
+        '[{"product_id": "steam-gift-card-20", "quantity": 1}], '
+        '"pay_currency": "btc"}\'',
+        "  pay it (demo):   .venv/bin/bitloot simulate payment ORDER_ID --paid 0.0001",
         "  webhook secrets: .run/secrets/",
         "  Ctrl-C stops everything.",
         "",

@@ -6,19 +6,30 @@ import argparse
 import asyncio
 import importlib
 import sys
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from shared.auth import KeyFileError, TokenIssuer, generate_key_pair, load_private_key
 from shared.db import MigrationError, discover_migrations, migrate
-from shared.settings import CommonSettings, SettingsError, load_settings
+from shared.settings import (
+    CommonSettings,
+    SettingsError,
+    describe_validation_error,
+    load_settings,
+)
 
 # Each service's wiring, imported only when a command needs it.
 SERVICE_SPECS = {
+    "payment": "services.payment.bootstrap",
     "webhook-ingest": "services.webhook_ingest.bootstrap",
 }
 DAY = 24 * 3600
 # Where make run keeps its keys; used when no key file is configured.
 DEV_PRIVATE_KEY = Path(".run/keys/jwt-private.pem")
+# Where make run keeps the IPN secret; used when none is set in the environment.
+DEV_IPN_SECRET = Path(".run/secrets/nowpayments-ipn-secret")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +83,76 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace keys that already exist"
     )
     keygen.set_defaults(command=_keygen, name="keygen")
+
+    simulate = commands.add_parser(
+        "simulate", help="play provider webhooks against the services on this machine"
+    )
+    simulations = simulate.add_subparsers(required=True, metavar="WHAT")
+    payment = simulations.add_parser(
+        "payment",
+        help="send the signed NOWPayments IPNs of a simulated payment",
+        description=(
+            "Send webhook-ingest the IPNs NOWPayments would send for an order's "
+            "payment, then wait for the payment service to show the last one. "
+            "Only for payments opened by the simulator provider."
+        ),
+    )
+    payment.add_argument(
+        "order_id", metavar="ORDER_ID", help="the order, as POST /v1/orders named it"
+    )
+    ending = payment.add_mutually_exclusive_group()
+    ending.add_argument(
+        "--paid",
+        type=_amount,
+        metavar="AMOUNT",
+        help="amount paid in the pay currency (default: exactly the amount due); "
+        "less than due leaves the order underpaid",
+    )
+    ending.add_argument(
+        "--expire",
+        dest="outcome",
+        action="store_const",
+        const="expire",
+        help="let the payment expire unpaid",
+    )
+    ending.add_argument(
+        "--fail",
+        dest="outcome",
+        action="store_const",
+        const="fail",
+        help="let the payment fail after it was seen",
+    )
+    payment.add_argument(
+        "--wait",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long to wait for the order to move (default 15)",
+    )
+    payment.set_defaults(
+        command=_simulate_payment, name="simulate payment", outcome="pay"
+    )
     return parser
+
+
+def _amount(text: str) -> Decimal:
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r}") from None
+    if not amount.is_finite() or amount <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text!r}")
+    return amount
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return seconds
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -117,6 +197,37 @@ def _token(args: argparse.Namespace) -> int:
     ttl = int(args.ttl_days * DAY)
     print(issuer.mint(args.subject, args.scope, ttl))
     return 0
+
+
+def _simulate_payment(args: argparse.Namespace) -> int:
+    from services.payment import simulator
+
+    try:
+        settings = simulator.SimulateSettings()
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+    given = settings.nowpayments_ipn_secret
+    secret = given.get_secret_value() if given is not None else ""
+    if not secret and DEV_IPN_SECRET.exists():
+        secret = DEV_IPN_SECRET.read_text().strip()
+    if not secret:
+        print(
+            "bitloot simulate payment: set BITLOOT_NOWPAYMENTS_IPN_SECRET to "
+            f"webhook-ingest's IPN secret (make run writes one to {DEV_IPN_SECRET})",
+            file=sys.stderr,
+        )
+        return 2
+    return asyncio.run(
+        simulator.simulate_payment(
+            args.order_id,
+            paid=args.paid,
+            outcome=args.outcome,
+            settings=settings,
+            secret=secret,
+            wait_seconds=args.wait,
+            out=sys.stderr,
+        )
+    )
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from services.payment.settings import PaymentSettings
+from services.payment.simulator import SimulateSettings
 from services.webhook_ingest.settings import WebhookIngestSettings
 from shared.settings import ENV_PREFIX, SettingsError, load_settings
 
@@ -57,11 +59,13 @@ def test_the_defaults_work_on_one_machine(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_env_example_documents_every_setting() -> None:
-    """Each field of each service's settings appears in .env.example."""
+    """Each field of each service's and command's settings appears in .env.example."""
     documented = set(
         re.findall(r"^(BITLOOT_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
     )
     expected = {
-        f"{ENV_PREFIX}{name.upper()}" for name in WebhookIngestSettings.model_fields
+        f"{ENV_PREFIX}{name.upper()}"
+        for settings in (WebhookIngestSettings, PaymentSettings, SimulateSettings)
+        for name in settings.model_fields
     }
     assert expected <= documented, sorted(expected - documented)
