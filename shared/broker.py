@@ -32,6 +32,9 @@ RETRYABLE_BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 EVENT_LOG_MAX_LENGTH = 10_000
+# How long closing waits for the server: a robust channel or connection would
+# otherwise wait out an outage before it closes, and block a shutdown with it.
+CLOSE_TIMEOUT_SECONDS = 5.0
 EVENT_LOG_TTL_MS = 7 * 24 * 3600 * 1000
 
 
@@ -188,5 +191,11 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._connection is not None:
-            await self._connection.close()
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await self._connection.close()
+            except TimeoutError:
+                logger.warning(
+                    "broker_close_abandoned", after_seconds=CLOSE_TIMEOUT_SECONDS
+                )
         self._ready.clear()

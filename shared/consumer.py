@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from contracts.envelope import EXCHANGE, Envelope
-from shared.broker import RETRYABLE_BROKER_ERRORS, Broker
+from shared.broker import CLOSE_TIMEOUT_SECONDS, RETRYABLE_BROKER_ERRORS, Broker
 from shared.db import Connection
 from shared.metrics import ServiceMetrics
 
@@ -263,19 +263,43 @@ class EventConsumer:
         ).inc()
 
     async def stop(self) -> None:
-        """Stop taking messages and let those being handled finish."""
+        """Stop taking messages and let those being handled finish.
+
+        Each step that needs RabbitMQ is bounded: during an outage the robust
+        channel would wait for the server forever, and a service asked to stop
+        must stop. What is left unacknowledged is redelivered to the next
+        consumer, and the inbox makes that redelivery harmless.
+        """
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._queue is not None and self._consumer_tag is not None:
-            with contextlib.suppress(*RETRYABLE_BROKER_ERRORS):
-                await self._queue.cancel(self._consumer_tag)
+        # With the server away there is nothing to tell it: the channel dies
+        # with the connection and the server requeues what was unacknowledged.
+        connected = self._broker.is_connected()
+        if connected and self._queue is not None and self._consumer_tag is not None:
+            await self._bounded("cancel", self._queue.cancel(self._consumer_tag))
         if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
-        if self._channel is not None:
-            with contextlib.suppress(*RETRYABLE_BROKER_ERRORS):
-                await self._channel.close()
+            await self._bounded(
+                "finish_in_flight",
+                asyncio.gather(*self._in_flight, return_exceptions=True),
+            )
+        if connected and self._channel is not None:
+            await self._bounded("close_channel", self._channel.close())
+
+    async def _bounded(self, step: str, work: Awaitable[Any]) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await work
+        except TimeoutError:
+            logger.warning(
+                "consumer_stop_step_abandoned",
+                queue=self.queue_name,
+                step=step,
+                after_seconds=CLOSE_TIMEOUT_SECONDS,
+            )
+        except RETRYABLE_BROKER_ERRORS:
+            pass
 
 
 def _attempts(message: AbstractIncomingMessage) -> int:

@@ -17,6 +17,7 @@ from services.webhook_ingest.settings import WebhookIngestSettings
 from shared.auth import METRICS_SCOPE, TokenIssuer, generate_key_pair, load_private_key
 from shared.service import RunningService, start_service
 from tests.support import infra
+from tests.support.tcp_proxy import TcpProxy
 
 NOWPAYMENTS_SECRET = "test-ipn-secret"
 KINGUIN_SECRET = "test-kinguin-secret"
@@ -149,3 +150,20 @@ async def start_payment(common_env: dict[str, Any]) -> AsyncIterator[StartPaymen
     for service in reversed(running):
         await service.stop()
     await infra.delete_queues(common_env["amqp_url"], queues)
+
+
+@pytest.fixture
+async def amqp_proxy() -> AsyncIterator[TcpProxy]:
+    host, _, port = infra.AMQP_HOST.partition(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+async def postgres_proxy() -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.close()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 
 from tests.conftest import NOWPAYMENTS_SECRET, StartIngest
 from tests.support import infra
@@ -16,23 +14,6 @@ from tests.support.metrics import scrape, value
 from tests.support.tcp_proxy import TcpProxy
 
 ROUTED = "webhook.nowpayments.received"
-
-
-@pytest.fixture
-async def amqp_proxy() -> AsyncIterator[TcpProxy]:
-    host, _, port = infra.AMQP_HOST.partition(":")
-    proxy = TcpProxy(host, int(port))
-    await proxy.start()
-    yield proxy
-    await proxy.close()
-
-
-@pytest.fixture
-async def postgres_proxy() -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 5432)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
 
 
 async def post_ipns(url: str, payment_ids: range) -> list[tuple[int, dict[str, str]]]:
