@@ -263,7 +263,10 @@ class PaymentService:
             payment.status.value,
             ipn.status.value,
             data.delivery_id,
-            {"actually_paid": str(actually_paid), "event_id": str(envelope.id)},
+            {
+                "actually_paid": _amount(actually_paid),
+                "event_id": str(envelope.id),
+            },
         )
         asset = asset_label(payment.pay_currency)
         effects.add(
@@ -327,7 +330,10 @@ class PaymentService:
             None if previous is None else previous.value,
             ipn.status.value,
             data.delivery_id,
-            {"payment_id": ipn.payment_id, "actually_paid": str(ipn.actually_paid)},
+            {
+                "payment_id": ipn.payment_id,
+                "actually_paid": _amount(ipn.actually_paid),
+            },
         )
         logger.info(
             "deposit_recorded",
@@ -378,7 +384,7 @@ class PaymentService:
             payment.order_status.value,
             status.value,
             delivery_id,
-            {"paid": str(paid)},
+            {"paid": _amount(paid)},
         )
 
         event = self._event_for(payment, status, paid, first_underpayment)
@@ -395,8 +401,8 @@ class PaymentService:
                 "order_underpaid",
                 order_id=str(payment.order_id),
                 asset=payment.pay_currency,
-                expected=str(payment.pay_amount),
-                paid=str(paid),
+                expected=_amount(payment.pay_amount),
+                paid=_amount(paid),
             )
 
     def _event_for(
@@ -523,3 +529,8 @@ def _timestamp(value: object) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _amount(value: Decimal) -> str:
+    """An amount for history and logs, positional: 0.0000001, never 1E-7."""
+    return format(value, "f")

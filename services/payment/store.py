@@ -189,9 +189,9 @@ async def lock_payment(
         payment_id=row["provider_payment_id"],
         status=PaymentStatus(row["status"]),
         pay_address=row["pay_address"],
-        pay_amount=row["pay_amount"],
+        pay_amount=crypto_amount(row["pay_amount"]),
         pay_currency=row["pay_currency"],
-        actually_paid=row["actually_paid"],
+        actually_paid=crypto_amount(row["actually_paid"]),
         order_status=OrderStatus(row["order_status"]),
         email=row["email"],
         total_amount=row["total_amount"],
@@ -287,7 +287,7 @@ async def deposits_paid(connection: Connection, order_id: uuid.UUID) -> Decimal:
         order_id,
         [status.value for status in MONEY_ARRIVED],
     )
-    return total
+    return crypto_amount(total)
 
 
 async def lock_order_fulfilment(
@@ -404,9 +404,18 @@ async def order_view(
     }
 
 
+def crypto_amount(value: Decimal) -> Decimal:
+    """A crypto amount without its column's trailing zeros.
+
+    numeric(38, 18) returns 0.0001 as 0.000100000000000000; what the events,
+    the history and the API show is 0.0001.
+    """
+    return value.normalize()
+
+
 def _amount(value: Decimal) -> str:
-    """An amount without the column's trailing zeros: 0.00021100 → 0.000211."""
-    return format(value.normalize(), "f")
+    """An amount written positionally, never as 1E-7 as str(Decimal) would."""
+    return format(crypto_amount(value), "f")
 
 
 def _time(value: datetime | None) -> str | None:

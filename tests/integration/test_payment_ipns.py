@@ -181,6 +181,36 @@ async def test_an_underpaid_order_is_counted_once_when_its_ipn_comes_five_times(
     assert final["status"] == "underpaid"
 
 
+async def test_amounts_read_back_from_the_database_are_written_as_sent(
+    start_payment: StartPayment, amqp_url: str, metrics_token: str
+) -> None:
+    """0.0001 stays "0.0001" in events and history, not the column's 18 places."""
+    payment = await start_payment()
+    order = await new_order(payment)
+
+    async with EventTap(amqp_url, ["payment.underpaid"]) as tap:
+        # The amount is stored at confirming; partially_paid reads it back.
+        await publish(amqp_url, ipn_event(order, "confirming", 0.0001))
+        await handled(payment, metrics_token, 1)
+        await publish(amqp_url, ipn_event(order, "partially_paid", 0.0001))
+        await handled(payment, metrics_token, 2)
+        events = await tap.wait_for(1)
+
+    data = events[0]["data"]
+    assert (data["paid_amount"], data["expected_amount"]) == (
+        "0.0001",
+        order["payment"]["pay_amount"],
+    )
+    _, final = await get_order(payment.url, order["order_id"])
+    details = [h["detail"] for h in final["history"] if h["delivery_id"]]
+    assert [d.get("actually_paid", d.get("paid")) for d in details] == [
+        "0.0001",
+        "0",
+        "0.0001",
+        "0.0001",
+    ]
+
+
 async def test_an_event_redelivered_after_commit_but_before_ack_changes_nothing(
     start_payment: StartPayment, amqp_url: str, metrics_token: str, database_url: str
 ) -> None:
