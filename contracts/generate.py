@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 # Importing the contract modules registers their events.
+import contracts.email
+import contracts.otp
 import contracts.payments
 import contracts.webhooks  # noqa: F401  (imported for registration only)
 from contracts.envelope import EVENT_TYPES, EXCHANGE, Envelope
