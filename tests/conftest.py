@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 import structlog
 
+from services.email.bootstrap import NOTIFICATIONS_QUEUE, OTP_QUEUE
+from services.email.bootstrap import SPEC as EMAIL
+from services.email.settings import EmailSettings
 from services.payment.bootstrap import IPN_QUEUE, KINGUIN_QUEUE
 from services.payment.bootstrap import SPEC as PAYMENT
 from services.payment.settings import PaymentSettings
@@ -167,3 +170,42 @@ async def postgres_proxy() -> AsyncIterator[TcpProxy]:
     await proxy.start()
     yield proxy
     await proxy.close()
+
+
+StartEmail = Callable[..., Awaitable[RunningService]]
+EMAIL_QUEUES = [
+    f"{queue}{suffix}"
+    for queue in (OTP_QUEUE, NOTIFICATIONS_QUEUE)
+    for suffix in ("", ".retry.0", ".retry.1", ".dlq")
+] + ["email.event-log"]
+
+
+@pytest.fixture
+async def start_email(common_env: dict[str, Any]) -> AsyncIterator[StartEmail]:
+    """Start email instances sending to ``smtp_port``; all stop after the test.
+
+    Retries are fast here (0.05 s doubling) so that failure paths finish soon.
+    """
+    await infra.delete_queues(common_env["amqp_url"], EMAIL_QUEUES)
+    running: list[RunningService] = []
+
+    async def start(**overrides: Any) -> RunningService:
+        values = {
+            **common_env,
+            "smtp_timeout_seconds": 2.0,
+            "email_retry_base_seconds": 0.05,
+            "email_retry_max_seconds": 0.2,
+            "email_poll_seconds": 0.1,
+            "email_lease_seconds": 5.0,
+            **overrides,
+        }
+        service = await start_service(EMAIL, EmailSettings(**values))
+        for consumer in service.runtime.consumers:
+            assert await consumer.wait_consuming(10), consumer.queue_name
+        running.append(service)
+        return service
+
+    yield start
+    for service in reversed(running):
+        await service.stop()
+    await infra.delete_queues(common_env["amqp_url"], EMAIL_QUEUES)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.email.settings import EmailSettings
 from services.payment.settings import PaymentSettings
 from services.payment.simulator import SimulateSettings
 from services.webhook_ingest.settings import WebhookIngestSettings
@@ -65,7 +66,24 @@ def test_env_example_documents_every_setting() -> None:
     )
     expected = {
         f"{ENV_PREFIX}{name.upper()}"
-        for settings in (WebhookIngestSettings, PaymentSettings, SimulateSettings)
+        for settings in (
+            WebhookIngestSettings,
+            PaymentSettings,
+            SimulateSettings,
+            EmailSettings,
+        )
         for name in settings.model_fields
     }
     assert expected <= documented, sorted(expected - documented)
+
+
+def test_resend_without_a_key_stops_the_email_service_with_a_clear_message() -> None:
+    """BITLOOT_EMAIL_PROVIDER=resend needs BITLOOT_RESEND_API_KEY."""
+    with pytest.raises(SettingsError, match="BITLOOT_RESEND_API_KEY must be set"):
+        load_settings(EmailSettings, email_provider="resend")
+
+
+def test_a_lease_shorter_than_the_provider_timeout_is_refused() -> None:
+    """A slow send must never look abandoned to another instance."""
+    with pytest.raises(SettingsError, match="BITLOOT_EMAIL_LEASE_SECONDS"):
+        load_settings(EmailSettings, email_lease_seconds=5, smtp_timeout_seconds=10)

@@ -1,0 +1,79 @@
+"""Emails: their types, idempotency keys, failure reasons and retry timing; no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EmailType(StrEnum):
+    """What an email is about; each type has its own templates."""
+
+    OTP = "otp"
+    WELCOME = "welcome"
+    PAYMENT_CREATED = "payment_created"
+    PAYMENT_COMPLETED = "payment_completed"
+    UNDERPAID = "underpaid"
+
+
+class FailureReason(StrEnum):
+    """Why a send failed, as bitloot_email_send_failed_total counts it."""
+
+    TIMEOUT = "timeout"
+    API_ERROR = "api_error"
+    INVALID_ADDRESS = "invalid_address"
+
+
+# The OTP email goes first: a person is waiting at a login form for it.
+PRIORITY: dict[EmailType, int] = {
+    EmailType.OTP: 0,
+    EmailType.WELCOME: 2,
+    EmailType.PAYMENT_CREATED: 1,
+    EmailType.PAYMENT_COMPLETED: 1,
+    EmailType.UNDERPAID: 1,
+}
+
+
+def idempotency_key(email_type: EmailType, business_key: str) -> str:
+    """One key per business fact: ``payment_completed:<order_id>``."""
+    return f"{email_type.value}:{business_key}"
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """One rendered email, ready for a provider."""
+
+    idempotency_key: str
+    email_type: EmailType
+    sender: str
+    recipient: str
+    subject: str
+    text: str
+    html: str
+
+
+class SendError(Exception):
+    """A provider did not take the email.
+
+    ``retryable`` says whether asking again later may succeed (a timeout, a
+    5xx, a 429, a greylisting 4xx); an invalid address never is.
+    """
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        detail: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def retry_delay(attempts: int, base: float, cap: float) -> float:
+    """Seconds before the next try after ``attempts`` failed ones: doubling."""
+    return float(min(cap, base * 2 ** max(attempts - 1, 0)))

@@ -1,0 +1,53 @@
+"""The email service's settings: the shared ones, the provider's, the retry policy."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+
+from shared.settings import CommonSettings
+
+
+class EmailSettings(CommonSettings):
+    http_port: int = Field(default=4002, ge=0, le=65535)
+    email_provider: str = Field(default="smtp", pattern="^(smtp|resend)$")
+    email_from: str = Field(default="BitLoot <no-reply@bitloot.local>", min_length=3)
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: str = Field(default="none", pattern="^(none|starttls|tls)$")
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    resend_api_key: SecretStr | None = None
+    resend_api_url: str = "https://api.resend.com"
+    resend_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    email_max_attempts: int = Field(default=5, ge=1, le=20)
+    email_retry_base_seconds: float = Field(default=2.0, gt=0)
+    email_retry_max_seconds: float = Field(default=300.0, gt=0)
+    email_send_concurrency: int = Field(default=4, ge=1, le=64)
+    email_lease_seconds: float = Field(default=120.0, gt=0)
+    email_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_provider(self) -> EmailSettings:
+        key = self.resend_api_key
+        if self.email_provider == "resend" and (
+            key is None or not key.get_secret_value()
+        ):
+            raise ValueError(
+                "BITLOOT_RESEND_API_KEY must be set when BITLOOT_EMAIL_PROVIDER "
+                "is resend"
+            )
+        timeout = (
+            self.resend_timeout_seconds
+            if self.email_provider == "resend"
+            else self.smtp_timeout_seconds
+        )
+        if self.email_lease_seconds <= timeout:
+            raise ValueError(
+                "BITLOOT_EMAIL_LEASE_SECONDS must be longer than the provider's "
+                f"timeout ({timeout:g} s), or a slow send would look abandoned"
+            )
+        return self
