@@ -2,7 +2,8 @@
 
 Checks that PostgreSQL and RabbitMQ answer, creates what a first run needs under
 ``.run/`` (database, signing keys, webhook secrets, Prometheus' token and
-config), starts every service and Prometheus, and stops them all on Ctrl-C.
+config), starts the local SMTP sink, every service and Prometheus, and stops
+them all on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ from shared.settings import CommonSettings, load_settings_or_exit
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".run"
 PROMETHEUS_PORT = 9090
+MAIL_DIR = RUN / "mail"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Service:
 
 
 SERVICES = (
+    Service("email", "services.email", 4002),
     Service("payment", "services.payment", 4003),
     Service("webhook-ingest", "services.webhook_ingest", 4004),
 )
@@ -62,14 +67,19 @@ def main() -> int:
 
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        mailsink = _start_mailsink(env)
+        if mailsink is not None:
+            processes["mailsink"] = mailsink
         for service in SERVICES:
             processes[service.name] = _start_service(service, env)
         prometheus = _start_prometheus()
         if prometheus is not None:
             processes["prometheus"] = prometheus
-        if not _wait_healthy(processes):
+        if not _wait_healthy(processes, env):
             return 1
-        _print_access_points(prometheus is not None)
+        _print_access_points(
+            prometheus is not None, _smtp_port(env) if mailsink else None
+        )
         return _supervise(processes)
     finally:
         _stop_all(processes)
@@ -172,6 +182,32 @@ def _start_service(service: Service, env: dict[str, str]) -> subprocess.Popen[by
     )
 
 
+def _smtp_port(env: dict[str, str]) -> int:
+    return int(env.get("BITLOOT_SMTP_PORT") or 1025)
+
+
+def _start_mailsink(env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+    """The local SMTP sink, unless email goes through Resend or a real server."""
+    if env.get("BITLOOT_EMAIL_PROVIDER", "smtp") != "smtp":
+        return None
+    if env.get("BITLOOT_SMTP_HOST", "127.0.0.1") not in LOCAL_HOSTS:
+        return None
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infra.mailsink",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(_smtp_port(env)),
+            "--dir",
+            str(MAIL_DIR),
+        ],
+        cwd=ROOT,
+    )
+
+
 def _start_prometheus() -> subprocess.Popen[bytes] | None:
     binary = shutil.which("prometheus")
     if binary is None:
@@ -195,10 +231,14 @@ def _start_prometheus() -> subprocess.Popen[bytes] | None:
     )
 
 
-def _wait_healthy(processes: dict[str, subprocess.Popen[bytes]]) -> bool:
+def _wait_healthy(
+    processes: dict[str, subprocess.Popen[bytes]], env: dict[str, str]
+) -> bool:
     checks = {s.name: f"http://127.0.0.1:{s.port}/healthz" for s in SERVICES}
     if "prometheus" in processes:
         checks["prometheus"] = f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"
+    if "mailsink" in processes:
+        checks["mailsink"] = f"smtp://127.0.0.1:{_smtp_port(env)}"
     deadline = time.monotonic() + 30
     pending = dict(checks)
     while pending and time.monotonic() < deadline:
@@ -208,12 +248,8 @@ def _wait_healthy(processes: dict[str, subprocess.Popen[bytes]]) -> bool:
                     f"{name} exited during start-up; see its log above", file=sys.stderr
                 )
                 return False
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        del pending[name]
-            except (urllib.error.URLError, OSError):
-                pass
+            if _answers(url):
+                del pending[name]
         time.sleep(0.2)
     if pending:
         print(f"not healthy after 30 s: {', '.join(pending)}", file=sys.stderr)
@@ -221,12 +257,30 @@ def _wait_healthy(processes: dict[str, subprocess.Popen[bytes]]) -> bool:
     return True
 
 
-def _print_access_points(with_prometheus: bool) -> None:
+def _answers(url: str) -> bool:
+    """True once ``url`` answers: 200 over HTTP, or a TCP accept for smtp://."""
+    if url.startswith("smtp://"):
+        host, _, port = url.removeprefix("smtp://").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return True
+        except OSError:
+            return False
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _print_access_points(with_prometheus: bool, mail_port: int | None) -> None:
     lines = ["", "BitLoot is running:"]
     for service in SERVICES:
         lines.append(f"  {service.name:<16} http://127.0.0.1:{service.port}")
     if with_prometheus:
         lines.append(f"  {'prometheus':<16} http://127.0.0.1:{PROMETHEUS_PORT}")
+    if mail_port is not None:
+        lines.append(f"  {'mail (SMTP)':<16} 127.0.0.1:{mail_port} -> {MAIL_DIR}/")
     lines += [
         "",
         "  read metrics:    TOKEN=$(.venv/bin/bitloot token --scope metrics:read)",
@@ -238,6 +292,7 @@ def _print_access_points(with_prometheus: bool) -> None:
         '[{"product_id": "steam-gift-card-20", "quantity": 1}], '
         '"pay_currency": "btc"}\'',
         "  pay it (demo):   .venv/bin/bitloot simulate payment ORDER_ID --paid 0.0001",
+        "  read the emails: ls .run/mail/",
         "  webhook secrets: .run/secrets/",
         "  Ctrl-C stops everything.",
         "",
