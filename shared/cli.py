@@ -9,9 +9,15 @@ import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from shared.auth import KeyFileError, TokenIssuer, generate_key_pair, load_private_key
+from shared.auth import (
+    METRICS_SCOPE,
+    KeyFileError,
+    TokenIssuer,
+    generate_key_pair,
+    load_private_key,
+)
 from shared.db import MigrationError, discover_migrations, migrate
 from shared.settings import (
     CommonSettings,
@@ -38,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.command(args)
-    except (SettingsError, KeyFileError, MigrationError, OSError) as error:
+    except (
+        SettingsError,
+        KeyFileError,
+        MigrationError,
+        MissingInputError,
+        OSError,
+    ) as error:
         print(f"bitloot {args.name}: {error}", file=sys.stderr)
         return 2
     return result
@@ -133,6 +145,26 @@ def _parser() -> argparse.ArgumentParser:
     payment.set_defaults(
         command=_simulate_payment, name="simulate payment", outcome="pay"
     )
+
+    smoke = commands.add_parser(
+        "smoke",
+        help="drive every service once and check that each metric moved",
+        description=(
+            "Check health, the metrics token, the OTP rate limit and a wrong "
+            "code, an order and its email, a bad webhook signature, a duplicate "
+            "and an underpayment against the running services (make run's "
+            "ports, or BITLOOT_OTP_URL, BITLOOT_EMAIL_URL, BITLOOT_PAYMENT_URL, "
+            "BITLOOT_WEBHOOK_INGEST_URL). Exits 1 when a step fails."
+        ),
+    )
+    smoke.add_argument(
+        "--wait",
+        type=_seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long a step waits for its metric to move (default 20)",
+    )
+    smoke.set_defaults(command=_smoke, name="smoke")
     return parser
 
 
@@ -178,26 +210,64 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token(args: argparse.Namespace) -> int:
+class MissingInputError(Exception):
+    """A command needs a key or secret that is neither configured nor in .run/."""
+
+
+def _issuer() -> TokenIssuer:
+    """The token issuer of the configured private key, or make run's one."""
     settings = load_settings(CommonSettings)
     key_file = settings.jwt_private_key_file
     if key_file is None and DEV_PRIVATE_KEY.exists():
         key_file = DEV_PRIVATE_KEY
     if key_file is None:
-        print(
-            "bitloot token: set BITLOOT_JWT_PRIVATE_KEY_FILE to the private key "
-            f"(make run writes one to {DEV_PRIVATE_KEY})",
-            file=sys.stderr,
+        raise MissingInputError(
+            "set BITLOOT_JWT_PRIVATE_KEY_FILE to the private key "
+            f"(make run writes one to {DEV_PRIVATE_KEY})"
         )
-        return 2
-    issuer = TokenIssuer(
+    return TokenIssuer(
         load_private_key(key_file),
         settings.jwt_issuer,
         settings.jwt_audience,
     )
+
+
+def _ipn_secret(given: SecretStr | None) -> str:
+    """The NOWPayments IPN secret from the environment, or make run's one."""
+    secret = given.get_secret_value() if given is not None else ""
+    if not secret and DEV_IPN_SECRET.exists():
+        secret = DEV_IPN_SECRET.read_text().strip()
+    if not secret:
+        raise MissingInputError(
+            "set BITLOOT_NOWPAYMENTS_IPN_SECRET to webhook-ingest's IPN secret "
+            f"(make run writes one to {DEV_IPN_SECRET})"
+        )
+    return secret
+
+
+def _token(args: argparse.Namespace) -> int:
     ttl = int(args.ttl_days * DAY)
-    print(issuer.mint(args.subject, args.scope, ttl))
+    print(_issuer().mint(args.subject, args.scope, ttl))
     return 0
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from shared import smoke
+
+    try:
+        settings = smoke.SmokeSettings()
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+    token = _issuer().mint("smoke", [METRICS_SCOPE], 3600)
+    return asyncio.run(
+        smoke.run_smoke(
+            settings,
+            token=token,
+            ipn_secret=_ipn_secret(settings.nowpayments_ipn_secret),
+            out=sys.stdout,
+            wait_seconds=args.wait,
+        )
+    )
 
 
 def _simulate_payment(args: argparse.Namespace) -> int:
@@ -207,17 +277,7 @@ def _simulate_payment(args: argparse.Namespace) -> int:
         settings = simulator.SimulateSettings()
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
-    given = settings.nowpayments_ipn_secret
-    secret = given.get_secret_value() if given is not None else ""
-    if not secret and DEV_IPN_SECRET.exists():
-        secret = DEV_IPN_SECRET.read_text().strip()
-    if not secret:
-        print(
-            "bitloot simulate payment: set BITLOOT_NOWPAYMENTS_IPN_SECRET to "
-            f"webhook-ingest's IPN secret (make run writes one to {DEV_IPN_SECRET})",
-            file=sys.stderr,
-        )
-        return 2
+    secret = _ipn_secret(settings.nowpayments_ipn_secret)
     return asyncio.run(
         simulator.simulate_payment(
             args.order_id,
