@@ -40,6 +40,7 @@ class Service:
 
 
 SERVICES = (
+    Service("otp", "services.otp", 4001),
     Service("payment", "services.payment", 4003),
     Service("webhook-ingest", "services.webhook_ingest", 4004),
 )
@@ -136,6 +137,7 @@ def _prepare_secrets(env: dict[str, str]) -> None:
     for variable, file_name in (
         ("BITLOOT_NOWPAYMENTS_IPN_SECRET", "nowpayments-ipn-secret"),
         ("BITLOOT_KINGUIN_WEBHOOK_SECRET", "kinguin-webhook-secret"),
+        ("BITLOOT_OTP_HASH_SECRET", "otp-hash-secret"),
     ):
         if env.get(variable):
             continue
