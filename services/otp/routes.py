@@ -66,6 +66,7 @@ class OtpRoutes:
 
     async def request_code(self, request: web.Request) -> web.Response:
         body = _parse(await read_body(request, BODY_LIMIT), CodeRequest)
+        # TODO: behind a proxy all clients share its address; trust X-Forwarded-For then
         command = RequestCode(
             email=str(body.email),
             client=request.remote or UNKNOWN_CLIENT,
