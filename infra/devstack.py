@@ -44,6 +44,7 @@ class Service:
 
 
 SERVICES = (
+    Service("otp", "services.otp", 4001),
     Service("email", "services.email", 4002),
     Service("payment", "services.payment", 4003),
     Service("webhook-ingest", "services.webhook_ingest", 4004),
@@ -146,6 +147,7 @@ def _prepare_secrets(env: dict[str, str]) -> None:
     for variable, file_name in (
         ("BITLOOT_NOWPAYMENTS_IPN_SECRET", "nowpayments-ipn-secret"),
         ("BITLOOT_KINGUIN_WEBHOOK_SECRET", "kinguin-webhook-secret"),
+        ("BITLOOT_OTP_HASH_SECRET", "otp-hash-secret"),
     ):
         if env.get(variable):
             continue

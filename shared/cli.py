@@ -29,6 +29,7 @@ from shared.settings import (
 # Each service's wiring, imported only when a command needs it.
 SERVICE_SPECS = {
     "email": "services.email.bootstrap",
+    "otp": "services.otp.bootstrap",
     "payment": "services.payment.bootstrap",
     "webhook-ingest": "services.webhook_ingest.bootstrap",
 }

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import asyncpg
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -78,6 +80,18 @@ def error_response(
     return web.json_response(
         {"error": code, "detail": detail}, status=status, headers=headers
     )
+
+
+@asynccontextmanager
+async def storage_unavailable(detail: str) -> AsyncIterator[None]:
+    """Turn a database failure into a 503 that tells the client to retry."""
+    try:
+        yield
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        logger.warning("storage_unavailable", error=str(error))
+        raise ApiError(
+            503, "storage_unavailable", detail, {"Retry-After": "5"}
+        ) from None
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

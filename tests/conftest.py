@@ -12,6 +12,8 @@ import structlog
 from services.email.bootstrap import NOTIFICATIONS_QUEUE, OTP_QUEUE
 from services.email.bootstrap import SPEC as EMAIL
 from services.email.settings import EmailSettings
+from services.otp.bootstrap import build_spec
+from services.otp.settings import OtpSettings
 from services.payment.bootstrap import IPN_QUEUE, KINGUIN_QUEUE
 from services.payment.bootstrap import SPEC as PAYMENT
 from services.payment.settings import PaymentSettings
@@ -20,10 +22,12 @@ from services.webhook_ingest.settings import WebhookIngestSettings
 from shared.auth import METRICS_SCOPE, TokenIssuer, generate_key_pair, load_private_key
 from shared.service import RunningService, start_service
 from tests.support import infra
+from tests.support.otp import ManualClock
 from tests.support.tcp_proxy import TcpProxy
 
 NOWPAYMENTS_SECRET = "test-ipn-secret"
 KINGUIN_SECRET = "test-kinguin-secret"
+OTP_HASH_SECRET = "test-otp-hash-secret-0123456789"
 
 
 @pytest.fixture(autouse=True)
@@ -209,3 +213,39 @@ async def start_email(common_env: dict[str, Any]) -> AsyncIterator[StartEmail]:
     for service in reversed(running):
         await service.stop()
     await infra.delete_queues(common_env["amqp_url"], EMAIL_QUEUES)
+
+
+StartOtp = Callable[..., Awaitable[RunningService]]
+
+
+@pytest.fixture
+def otp_clock() -> ManualClock:
+    """The otp instances' clock; it moves only when the test moves it."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def start_otp(
+    common_env: dict[str, Any], key_dir: Path, otp_clock: ManualClock
+) -> AsyncIterator[StartOtp]:
+    """Start otp instances that share ``otp_clock``; all stop after the test."""
+    queues = ["otp.event-log"]
+    await infra.delete_queues(common_env["amqp_url"], queues)
+    spec = build_spec(otp_clock)
+    running: list[RunningService] = []
+
+    async def start(**overrides: Any) -> RunningService:
+        values = {
+            **common_env,
+            "jwt_private_key_file": key_dir / "jwt-private.pem",
+            "otp_hash_secret": OTP_HASH_SECRET,
+            **overrides,
+        }
+        service = await start_service(spec, OtpSettings(**values))
+        running.append(service)
+        return service
+
+    yield start
+    for service in reversed(running):
+        await service.stop()
+    await infra.delete_queues(common_env["amqp_url"], queues)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError
@@ -27,7 +25,7 @@ from services.payment.providers import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from shared.http import ApiError, correlation_id_of, read_body
+from shared.http import ApiError, correlation_id_of, read_body, storage_unavailable
 
 logger = structlog.get_logger(__name__)
 
@@ -174,19 +172,8 @@ class PaymentRoutes:
         return web.json_response(view)
 
 
-@asynccontextmanager
-async def _storage() -> AsyncIterator[None]:
-    """Turn a database failure into a 503 that tells the client to retry."""
-    try:
-        yield
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        logger.warning("storage_unavailable", error=str(error))
-        raise ApiError(
-            503,
-            "storage_unavailable",
-            "the order database is unavailable; try again later",
-            {"Retry-After": "5"},
-        ) from None
+def _storage() -> AbstractAsyncContextManager[None]:
+    return storage_unavailable("the order database is unavailable; try again later")
 
 
 def _refused(error: ProviderRefusedError) -> ApiError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -43,6 +44,16 @@ class EventTap:
         """Wait until ``count`` messages have arrived; return their envelopes."""
         async with asyncio.timeout(timeout), self._arrived:
             await self._arrived.wait_for(lambda: len(self.messages) >= count)
+        return self.envelopes()
+
+    async def wait_until(
+        self,
+        condition: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 15.0,
+    ) -> list[dict[str, Any]]:
+        """Wait until the envelopes so far satisfy ``condition``; return them."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: condition(self.envelopes()))
         return self.envelopes()
 
     def envelopes(self) -> list[dict[str, Any]]:

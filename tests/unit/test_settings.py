@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.email.settings import EmailSettings
+from services.otp.settings import OtpSettings
 from services.payment.settings import PaymentSettings
 from services.payment.simulator import SimulateSettings
 from services.webhook_ingest.settings import WebhookIngestSettings
@@ -71,6 +72,7 @@ def test_env_example_documents_every_setting() -> None:
             PaymentSettings,
             SimulateSettings,
             EmailSettings,
+            OtpSettings,
         )
         for name in settings.model_fields
     }
@@ -87,3 +89,45 @@ def test_a_lease_shorter_than_the_provider_timeout_is_refused() -> None:
     """A slow send must never look abandoned to another instance."""
     with pytest.raises(SettingsError, match="BITLOOT_EMAIL_LEASE_SECONDS"):
         load_settings(EmailSettings, email_lease_seconds=5, smtp_timeout_seconds=10)
+
+
+OTP_SIGNING = {
+    "otp_hash_secret": "unit-test-secret-0123456789",
+    "jwt_private_key_file": Path("jwt-private.pem"),
+}
+
+
+def test_the_otp_service_will_not_start_without_its_hash_secret() -> None:
+    """No secret, or a short one, stops start-up naming the variable, not the value."""
+    missing = {**OTP_SIGNING, "otp_hash_secret": None}
+    short = {**OTP_SIGNING, "otp_hash_secret": "hunter2"}
+
+    for values in (missing, short):
+        with pytest.raises(SettingsError) as caught:
+            load_settings(OtpSettings, **values)
+        assert "BITLOOT_OTP_HASH_SECRET must be set" in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+
+
+def test_the_otp_service_will_not_start_without_a_signing_key() -> None:
+    """It mints the login tokens, so it needs the private key."""
+    with pytest.raises(SettingsError, match="BITLOOT_JWT_PRIVATE_KEY_FILE"):
+        load_settings(OtpSettings, **{**OTP_SIGNING, "jwt_private_key_file": None})
+
+
+def test_admin_emails_are_a_comma_separated_list_in_any_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BITLOOT_ADMIN_EMAILS is typed by people: commas, spaces, capitals."""
+    monkeypatch.setenv("BITLOOT_ADMIN_EMAILS", " Boss@Example.com, ops@example.com ,")
+
+    settings = load_settings(OtpSettings, **OTP_SIGNING)
+
+    assert settings.admin_emails == {"boss@example.com", "ops@example.com"}
+    assert settings.http_port == 4001
+
+
+def test_an_admin_entry_that_is_not_an_address_is_refused_by_name() -> None:
+    """A typo in the admin list stops start-up instead of locking the admin out."""
+    with pytest.raises(SettingsError, match="BITLOOT_ADMIN_EMAILS"):
+        load_settings(OtpSettings, **OTP_SIGNING, admin_emails="boss.example.com")
