@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint fmt bench schemas clean
+.PHONY: install run test lint fmt bench schemas dashboards clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ bench: install
 
 schemas: install
 	$(PY) -m contracts.generate
+
+dashboards: install
+	$(PY) -m grafana.generate
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -64,6 +64,10 @@ def main() -> int:
     # always registers there, whatever BITLOOT_SD_DIR says.
     env["BITLOOT_SD_DIR"] = str(RUN / "targets")
     (RUN / "targets").mkdir(exist_ok=True)
+    # Where Prometheus looks for Alertmanagers: none here, but the folder must
+    # exist or Prometheus logs an error on every start.
+    (RUN / "alertmanagers").mkdir(exist_ok=True)
+    (RUN / "brokers").mkdir(exist_ok=True)
     _prepare_prometheus(env)
 
     processes: dict[str, subprocess.Popen[bytes]] = {}
