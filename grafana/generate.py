@@ -217,8 +217,10 @@ def _requests(service: str) -> list[Panel]:
             "Share of each route's answers that were server errors.",
             "percentunit",
             [
+                # A route with no 5xx series yet shows 0, not a gap.
                 query(
-                    f"{summed_rate(requests, server_errors, by_route)} "
+                    f"({summed_rate(requests, server_errors, by_route)} "
+                    f"or 0 * {summed_rate(requests, labels, by_route)}) "
                     f"/ {summed_rate(requests, labels, by_route)}",
                     "{{method}} {{route}}",
                 )

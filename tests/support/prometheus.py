@@ -16,8 +16,11 @@ import aiohttp
 import pytest
 
 REPOSITORY_CONFIG_DIR = Path(__file__).resolve().parents[2] / "prometheus"
-PRODUCTION_INTERVAL = "scrape_interval: 15s"
-TEST_INTERVAL = "scrape_interval: 1s"
+# Scrapes and rule evaluations every second instead of every 15.
+SHORTENED = {
+    "scrape_interval: 15s": "scrape_interval: 1s",
+    "evaluation_interval: 15s": "evaluation_interval: 1s",
+}
 
 
 def find_tool(name: str) -> str:
@@ -33,17 +36,19 @@ def find_tool(name: str) -> str:
 def lay_out(directory: Path, token: str) -> Path:
     """Copy the config with targets/, secrets/ and rules/ beside it, as deployed.
 
-    Scrapes happen every second instead of every 15 so tests wait briefly;
-    everything else is the repository's file unchanged.
+    Scrapes and rule evaluations happen every second instead of every 15 so
+    tests wait briefly; everything else is the repository's file unchanged.
     """
-    original = (REPOSITORY_CONFIG_DIR / "prometheus.yml").read_text()
-    if original.count(PRODUCTION_INTERVAL) != 1:
-        message = f"expected one {PRODUCTION_INTERVAL!r} in prometheus.yml to shorten"
-        raise AssertionError(message)
+    text = (REPOSITORY_CONFIG_DIR / "prometheus.yml").read_text()
+    for production, shortened in SHORTENED.items():
+        if text.count(production) != 1:
+            message = f"expected one {production!r} in prometheus.yml to shorten"
+            raise AssertionError(message)
+        text = text.replace(production, shortened)
 
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "prometheus.yml"
-    config.write_text(original.replace(PRODUCTION_INTERVAL, TEST_INTERVAL))
+    config.write_text(text)
     (directory / "targets").mkdir(exist_ok=True)
     (directory / "secrets").mkdir(exist_ok=True)
     write_token(directory, token)
