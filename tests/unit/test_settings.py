@@ -14,6 +14,7 @@ from services.payment.settings import PaymentSettings
 from services.payment.simulator import SimulateSettings
 from services.webhook_ingest.settings import WebhookIngestSettings
 from shared.settings import ENV_PREFIX, SettingsError, load_settings
+from shared.smoke import SmokeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,6 +72,7 @@ def test_env_example_documents_every_setting() -> None:
             WebhookIngestSettings,
             PaymentSettings,
             SimulateSettings,
+            SmokeSettings,
             EmailSettings,
             OtpSettings,
         )
