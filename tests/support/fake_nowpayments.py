@@ -15,10 +15,11 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_UP, Decimal
-from types import TracebackType
 from typing import Any, Literal
 
 from aiohttp import web
+
+from tests.support.local_server import LocalHttpServer
 
 API_KEY = "test-nowpayments-api-key"
 PAYMENT_PATH = "/v1/payment"
@@ -64,12 +65,10 @@ class SentResponse:
     body: str
 
 
-class FakeNowPayments:
-    """NOWPayments' ``POST /v1/payment`` on 127.0.0.1, on a free port.
+class FakeNowPayments(LocalHttpServer):
+    """NOWPayments' ``POST /v1/payment`` on 127.0.0.1, on a free port."""
 
-    Use ``async with FakeNowPayments() as fake:`` or ``await fake.start()`` /
-    ``await fake.stop()``; ``base_url`` is where it listens.
-    """
+    name = "fake NOWPayments server"
 
     def __init__(
         self,
@@ -78,22 +77,13 @@ class FakeNowPayments:
         rates: dict[str, Decimal] | None = None,
         hang_seconds: float = 2.0,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.rates = dict(RATES if rates is None else rates)
         self.hang_seconds = hang_seconds
         self.requests: list[ReceivedRequest] = []
         self.responses: list[SentResponse] = []
         self._script: deque[Behaviour] = deque()
-        self._stopping = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``; only once started."""
-        if self._base_url is None:
-            raise RuntimeError("the fake NOWPayments server is not started")
-        return self._base_url
 
     def script(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next requests, one each; then it answers ok."""
@@ -106,37 +96,8 @@ class FakeNowPayments:
             r for r in self.requests if r.method == "POST" and r.path == PAYMENT_PATH
         ]
 
-    async def start(self) -> str:
-        """Listen on a free port of 127.0.0.1 and return the base URL."""
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post(PAYMENT_PATH, self._recorded)
-        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        port = runner.addresses[0][1]
-        self._base_url = f"http://127.0.0.1:{port}"
-        return self._base_url
-
-    async def stop(self) -> None:
-        """Wake any hanging request and stop listening."""
-        self._stopping.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeNowPayments:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _recorded(self, request: web.Request) -> web.Response:
         response = await self._create_payment(request)
@@ -163,7 +124,7 @@ class FakeNowPayments:
 
         if behaviour == "hang":
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.hang_seconds)
+                await asyncio.wait_for(self.stopping.wait(), self.hang_seconds)
         elif behaviour == "status_500":
             return web.Response(
                 status=500,

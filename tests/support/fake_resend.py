@@ -20,10 +20,11 @@ import json
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 from aiohttp import web
+
+from tests.support.local_server import LocalHttpServer
 
 API_KEY = "re_test_fake_resend_api_key"
 EMAILS_PATH = "/emails"
@@ -79,14 +80,13 @@ class _Remembered:
     email_id: str
 
 
-class FakeResend:
-    """Resend's ``POST /emails`` on 127.0.0.1, on a free port.
+class FakeResend(LocalHttpServer):
+    """Resend's ``POST /emails`` on 127.0.0.1, on a free port."""
 
-    Use ``async with FakeResend() as fake:`` or ``await fake.start()`` /
-    ``await fake.stop()``; ``base_url`` is where it listens.
-    """
+    name = "fake Resend server"
 
     def __init__(self, api_key: str = API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.requests: list[ReceivedRequest] = []
         self.delivered: list[DeliveredEmail] = []
@@ -94,16 +94,6 @@ class FakeResend:
         self._remembered: dict[str, _Remembered] = {}
         self._in_progress: set[str] = set()
         self._arrived = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``; only once started."""
-        if self._base_url is None:
-            raise RuntimeError("the fake Resend server is not started")
-        return self._base_url
 
     def script(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next requests, one each; then it answers ok."""
@@ -115,37 +105,8 @@ class FakeResend:
             self._arrived.clear()
             await self._arrived.wait()
 
-    async def start(self) -> str:
-        """Listen on a free port of 127.0.0.1 and return the base URL."""
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post(EMAILS_PATH, self._send_email)
-        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        port = runner.addresses[0][1]
-        self._base_url = f"http://127.0.0.1:{port}"
-        return self._base_url
-
-    async def stop(self) -> None:
-        """Wake any hanging request and stop listening."""
-        self._stopping.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeResend:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _send_email(self, request: web.Request) -> web.Response:
         body = await request.text()
@@ -187,7 +148,7 @@ class FakeResend:
         if behaviour == "hang":
             # Never answers: the client gives up first. Stopping wakes it, so
             # the server's shutdown does not wait for it.
-            await self._stopping.wait()
+            await self.stopping.wait()
             return _error(503, "application_error", "The server is shutting down.")
         if behaviour == "status_500":
             return _error(
