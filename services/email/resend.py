@@ -23,6 +23,7 @@ import aiohttp
 
 from services.email.domain import FailureReason, OutgoingEmail, SendError
 from services.email.providers import RESEND
+from shared.http_client import LazyClientSession
 
 DEFAULT_BASE_URL = "https://api.resend.com"
 EMAILS_PATH = "/emails"
@@ -60,7 +61,7 @@ class ResendProvider:
         self._api_key = api_key
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazyClientSession(timeout)
 
     @property
     def base_url(self) -> str:
@@ -92,7 +93,7 @@ class ResendProvider:
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
         }
-        session = self._session_for_request()
+        session = self._http.get()
         try:
             async with session.post(
                 self._base_url + EMAILS_PATH,
@@ -132,17 +133,7 @@ class ResendProvider:
 
     async def close(self) -> None:
         """Close the HTTP session, if one was opened."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
-
-    def _session_for_request(self) -> aiohttp.ClientSession:
-        """The session, opened here because it must be made in a running loop."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout)
-            )
-        return self._session
+        await self._http.close()
 
     def _failure(
         self,

@@ -29,6 +29,7 @@ from services.payment.providers import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
+from shared.http_client import LazyClientSession
 
 logger = structlog.get_logger(__name__)
 
@@ -93,7 +94,7 @@ class NowPaymentsProvider:
         self._retries = retries
         self._backoff = backoff
         self._on_attempt = on_attempt
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazyClientSession(timeout)
 
     @property
     def base_url(self) -> str:
@@ -132,16 +133,7 @@ class NowPaymentsProvider:
 
     async def close(self) -> None:
         """Close the HTTP session, if one was opened."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
-
-    def _session_for_request(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout)
-            )
-        return self._session
+        await self._http.close()
 
     def _payment_body(self, request: PaymentRequest, asset: str) -> bytes:
         """The JSON body, with ``price_amount`` written as the Decimal's digits."""
@@ -168,7 +160,7 @@ class NowPaymentsProvider:
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
-        session = self._session_for_request()
+        session = self._http.get()
         try:
             async with session.post(
                 self._base_url + PAYMENT_PATH,
