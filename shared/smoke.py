@@ -12,10 +12,11 @@ is 0 when every step passed, 1 otherwise, 2 when the smoke test cannot start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TextIO
@@ -83,11 +84,11 @@ class SmokeRun:
         """The service's /metrics as Prometheus would read it."""
         headers = {"Authorization": f"Bearer {self.token}"}
         url = f"{self.urls[service]}/metrics"
-        async with self.session.get(url, headers=headers) as response:
-            text = await response.text()
-            if response.status != 200:
+        async with _reaching(service), self.session.get(url, headers=headers) as reply:
+            text = await reply.text()
+            if reply.status != 200:
                 raise StepFailedError(
-                    f"{service} /metrics answered {response.status}: {text[:120]}"
+                    f"{service} /metrics answered {reply.status}: {text[:120]}"
                 )
         samples: Samples = {}
         for family in text_string_to_metric_families(text):
@@ -129,9 +130,12 @@ class SmokeRun:
     ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
         """One request; the status, the JSON answer (or its detail) and headers."""
         url = f"{self.urls[service]}{path}"
-        async with self.session.request(
-            method, url, json=json_body, data=data, headers=headers
-        ) as response:
+        async with (
+            _reaching(service),
+            self.session.request(
+                method, url, json=json_body, data=data, headers=headers
+            ) as response,
+        ):
             text = await response.text()
             try:
                 answer = await response.json(content_type=None)
@@ -360,8 +364,6 @@ async def run_smoke(
                 detail = await step(run)
             except StepFailedError as error:
                 outcome, detail = "FAIL", str(error)
-            except (aiohttp.ClientError, TimeoutError) as error:
-                outcome, detail = "FAIL", _unreachable(error)
             else:
                 outcome = "PASS"
             failed += outcome == "FAIL"
@@ -373,9 +375,16 @@ async def run_smoke(
     return 0 if failed == 0 else 1
 
 
-def _unreachable(error: BaseException) -> str:
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return f"cannot connect to {error.host}:{error.port}; is it running?"
-    if isinstance(error, TimeoutError):
-        return f"no answer within {REQUEST_TIMEOUT_SECONDS:g} s"
-    return f"{type(error).__name__}: {error}"
+@contextlib.asynccontextmanager
+async def _reaching(service: str) -> AsyncIterator[None]:
+    """Turn a connection failure into a step failure that names the service."""
+    try:
+        yield
+    except aiohttp.ClientConnectorError as error:
+        message = f"{service}: cannot connect to {error.host}:{error.port}; is it up?"
+        raise StepFailedError(message) from None
+    except TimeoutError:
+        message = f"{service}: no answer within {REQUEST_TIMEOUT_SECONDS:g} s"
+        raise StepFailedError(message) from None
+    except aiohttp.ClientError as error:
+        raise StepFailedError(f"{service}: {type(error).__name__}: {error}") from None

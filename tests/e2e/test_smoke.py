@@ -58,5 +58,5 @@ async def test_smoke_fails_and_names_the_service_that_is_not_running(
         "duplicate": "PASS",
         "underpayment": "PASS",
     }
-    assert f"cannot connect to 127.0.0.1:{otp_port}" in steps[0]
+    assert f"otp: cannot connect to 127.0.0.1:{otp_port}" in steps[0]
     assert summary == "smoke: 4 passed, 4 failed"
