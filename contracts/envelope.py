@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 EXCHANGE = "bitloot.events"
 
@@ -69,3 +69,18 @@ def unwrap(envelope: Envelope) -> EventData:
     if data_class is None:
         raise ValueError(f"unknown event type {envelope.type!r}")
     return data_class.model_validate(envelope.data)
+
+
+def describe_invalid(error: Exception) -> str:
+    """Why data broke its contract, naming the fields but never their values.
+
+    An event may carry an address or a login code, and this reason is logged
+    and kept in a dead-lettered message's headers.
+    """
+    if not isinstance(error, ValidationError):
+        return str(error)
+    problems = error.errors(include_input=False, include_url=False)
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'data'}: {problem['msg']}"
+        for problem in problems
+    )

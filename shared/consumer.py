@@ -21,7 +21,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from contracts.envelope import EXCHANGE, Envelope
+from contracts.envelope import EXCHANGE, Envelope, describe_invalid
 from shared.broker import CLOSE_TIMEOUT_SECONDS, RETRYABLE_BROKER_ERRORS, Broker
 from shared.db import Connection
 from shared.metrics import ServiceMetrics
@@ -149,9 +149,8 @@ class EventConsumer:
         try:
             envelope = Envelope.model_validate_json(message.body)
         except ValidationError as error:
-            await self._dead_letter(
-                message, event_type, f"unreadable envelope: {error}"
-            )
+            reason = f"unreadable envelope: {describe_invalid(error)}"
+            await self._dead_letter(message, event_type, reason)
             return
         event_type = self._type_label(envelope.type)
 

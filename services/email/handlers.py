@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from contracts.envelope import Envelope, EventData, unwrap
+from contracts.envelope import Envelope, EventData, describe_invalid, unwrap
 from contracts.otp import EmailOtpRequested, UserRegistered
 from contracts.payments import PaymentCompleted, PaymentCreated, PaymentUnderpaid
 from services.email import store
@@ -29,7 +29,8 @@ def email_request(envelope: Envelope) -> store.EmailRequest:
     try:
         event = unwrap(envelope)
     except (ValidationError, ValueError) as error:
-        raise PoisonMessageError(f"unusable {envelope.type}: {error}") from None
+        reason = describe_invalid(error)
+        raise PoisonMessageError(f"unusable {envelope.type}: {reason}") from None
     email_type, business_key, recipient, data = _describe(event, envelope)
     return store.EmailRequest(
         email_type=email_type,

@@ -15,7 +15,7 @@ import structlog
 from asyncpg.pool import PoolAcquireContext
 from pydantic import ValidationError
 
-from contracts.envelope import Envelope, EventData, wrap
+from contracts.envelope import Envelope, EventData, describe_invalid, wrap
 from contracts.payments import (
     PaymentCompleted,
     PaymentCreated,
@@ -227,7 +227,8 @@ class PaymentService:
             data = NowPaymentsIpnReceived.model_validate(envelope.data)
             ipn = Ipn.from_body(data.body)
         except (ValidationError, InvalidAmountError, ValueError, KeyError) as error:
-            raise PoisonMessageError(f"unusable IPN: {error}") from None
+            reason = describe_invalid(error)
+            raise PoisonMessageError(f"unusable IPN: {reason}") from None
         effects = _Effects()
 
         payment = await store.lock_payment(connection, ipn.payment_id)
@@ -465,7 +466,8 @@ class PaymentService:
         try:
             data = KinguinWebhookReceived.model_validate(envelope.data)
         except ValidationError as error:
-            raise PoisonMessageError(f"unusable Kinguin event: {error}") from None
+            reason = describe_invalid(error)
+            raise PoisonMessageError(f"unusable Kinguin event: {reason}") from None
         effects = _Effects()
         if data.event_name != KINGUIN_ORDER_STATUS:
             return self._count_fulfilment(effects, FulfilmentOutcome.IGNORED)
