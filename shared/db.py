@@ -17,6 +17,19 @@ logger = structlog.get_logger(__name__)
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+# Failures that asking again later may cure: the server away or restarting,
+# out of connections or resources, a statement cancelled, a transaction
+# rolled back by a deadlock or a serialization conflict. Anything else, a
+# constraint or a bad query, is a bug and must not look like an outage.
+TRANSIENT_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+)
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 

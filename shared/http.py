@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import asyncpg
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.auth import METRICS_SCOPE, TokenError, TokenVerifier
+from shared.db import TRANSIENT_DATABASE_ERRORS
 from shared.logging import bind_correlation_id
 from shared.metrics import ServiceMetrics
 
@@ -84,10 +84,13 @@ def error_response(
 
 @asynccontextmanager
 async def storage_unavailable(detail: str) -> AsyncIterator[None]:
-    """Turn a database failure into a 503 that tells the client to retry."""
+    """Turn a transient database failure into a 503 that tells the client to retry.
+
+    Any other database error is a bug: it reaches the 500 path, which logs it.
+    """
     try:
         yield
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except TRANSIENT_DATABASE_ERRORS as error:
         logger.warning("storage_unavailable", error=str(error))
         raise ApiError(
             503, "storage_unavailable", detail, {"Retry-After": "5"}
