@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.payment.providers import SIMULATOR
 from services.payment.simulator import (
     IPN_PATH,
     SimulateSettings,
@@ -325,8 +326,19 @@ def _half_due(order: dict[str, Any]) -> Decimal:
 
 
 def _require_order(run: SmokeRun) -> dict[str, Any]:
+    """The order the order step placed, if its payment may be played here.
+
+    Only a simulated payment may be: signed IPNs for a real provider's
+    payment would move it without any money having arrived.
+    """
     if run.order is None:
         raise StepFailedError("no order: the order step did not pass")
+    provider = run.order["payment"]["provider"]
+    if provider != SIMULATOR:
+        raise StepFailedError(
+            f"the payment service opens payments at {provider}; smoke plays IPNs "
+            f"only for the {SIMULATOR} (BITLOOT_PAYMENT_PROVIDER=simulator)"
+        )
     return run.order
 
 
