@@ -28,9 +28,11 @@ from grafana.panels import (
     INSTANCE_VARIABLE,
     JOB,
     ORANGE,
+    RANGE_WINDOW,
     RATE_WINDOW,
     RED,
     as_stacked_bars,
+    count_in_range,
     fixed_color,
     per_minute,
     quantile_queries,
@@ -81,17 +83,18 @@ def overview() -> model.Dashboard:
 
     otp_activity = stat_panel(
         "OTP activity and rate limiting",
-        "Code requests refused by the rate limit and failed verifications, a "
-        "minute, across all otp instances. Red as soon as either is above zero.",
-        "opm",
+        "Code requests refused by the rate limit and failed verifications in "
+        "the time range shown, across all otp instances. Red as soon as either "
+        "is above zero; the alerts count the last hour.",
+        "short",
         [
             query(
-                per_minute("bitloot_otp_rate_limit_exceeded_total", otp),
+                count_in_range("bitloot_otp_rate_limit_exceeded_total", otp),
                 "rate-limit hits",
                 "A",
             ),
             query(
-                per_minute("bitloot_otp_verification_failed_total", otp),
+                count_in_range("bitloot_otp_verification_failed_total", otp),
                 "failed verifications",
                 "B",
             ),
@@ -725,13 +728,14 @@ def panel_queries() -> list[tuple[str, str, str]]:
     ]
 
 
-def resolve(expr: str, rate_interval: str = "1m") -> str:
+def resolve(expr: str, rate_interval: str = "1m", range_window: str = "1h") -> str:
     """The query as Prometheus can run it: Grafana's variables filled in.
 
-    ``$__rate_interval`` becomes ``rate_interval``; a template variable becomes
-    ``.*``, its "All" value, which every query matches with ``=~``.
+    ``$__rate_interval`` becomes ``rate_interval`` and ``$__range`` becomes
+    ``range_window``; a template variable becomes ``.*``, its "All" value,
+    which every query matches with ``=~``.
     """
-    expr = expr.replace(RATE_WINDOW, rate_interval)
+    expr = expr.replace(RATE_WINDOW, rate_interval).replace(RANGE_WINDOW, range_window)
     return re.sub(r"\$\{?\w+\}?", ".*", expr)
 
 

@@ -23,6 +23,8 @@ JOB = "bitloot"
 # Grafana widens it to at least four scrape intervals, so rate() always has
 # two samples however far the dashboard is zoomed in.
 RATE_WINDOW = "$__rate_interval"
+# The time range the dashboard shows: for counts, "how many in this view".
+RANGE_WINDOW = "$__range"
 INSTANCE_VARIABLE = "instance"
 QUANTILES = (0.5, 0.95, 0.99)
 REF_IDS = "ABCDEFGHIJ"
@@ -56,6 +58,11 @@ def summed_rate(metric: str, labels: str, by: Sequence[str] = ()) -> str:
 def per_minute(metric: str, labels: str, by: Sequence[str] = ()) -> str:
     """Events a minute: business counters are too sparse to read per second."""
     return f"60 * {summed_rate(metric, labels, by)}"
+
+
+def count_in_range(metric: str, labels: str) -> str:
+    """How many a counter counted in the dashboard's time range, all instances."""
+    return f"sum(increase({metric}{labels}[{RANGE_WINDOW}]))"
 
 
 def quantile(q: float, histogram: str, labels: str, by: Sequence[str] = ()) -> str:
