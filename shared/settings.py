@@ -18,12 +18,17 @@ class SettingsError(Exception):
     """A setting has a value the service cannot start with."""
 
 
+# An empty variable, as `.env.example` leaves optional ones, means unset: an
+# exported BITLOOT_SMTP_USERNAME= must not turn into a login as "".
+ENV_CONFIG = SettingsConfigDict(
+    env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True
+)
+
+
 class CommonSettings(BaseSettings):
     """What every service reads; each service extends it with its own fields."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True
-    )
+    model_config = SettingsConfigDict(**ENV_CONFIG, validate_default=True)
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/bitloot"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
 from services.payment.providers import SIMULATOR
 from services.payment.simulator import (
@@ -35,7 +35,7 @@ from services.payment.simulator import (
     simulate_payment,
 )
 from services.webhook_ingest.signature import nowpayments_signature
-from shared.settings import ENV_PREFIX
+from shared.settings import ENV_CONFIG
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.25
@@ -49,7 +49,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 class SmokeSettings(BaseSettings):
     """Where ``bitloot smoke`` finds the services; make run's ports by default."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = ENV_CONFIG
 
     otp_url: str = "http://127.0.0.1:4001"
     email_url: str = "http://127.0.0.1:4002"

@@ -20,12 +20,12 @@ from urllib.parse import quote
 
 import aiohttp
 from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
 from services.payment.domain import ASSET_PRECISION, PaymentStatus, can_move
 from services.payment.providers import SIMULATOR
 from services.webhook_ingest.signature import nowpayments_signature
-from shared.settings import ENV_PREFIX
+from shared.settings import ENV_CONFIG
 
 PAY = "pay"
 EXPIRE = "expire"
@@ -49,7 +49,7 @@ _FAILED = (S.CONFIRMING, S.FAILED)
 class SimulateSettings(BaseSettings):
     """Where ``bitloot simulate`` finds the services on this machine."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = ENV_CONFIG
 
     payment_url: str = "http://127.0.0.1:4003"
     webhook_ingest_url: str = "http://127.0.0.1:4004"

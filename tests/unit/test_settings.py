@@ -133,3 +133,16 @@ def test_an_admin_entry_that_is_not_an_address_is_refused_by_name() -> None:
     """A typo in the admin list stops start-up instead of locking the admin out."""
     with pytest.raises(SettingsError, match="BITLOOT_ADMIN_EMAILS"):
         load_settings(OtpSettings, **OTP_SIGNING, admin_emails="boss.example.com")
+
+
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BITLOOT_SMTP_USERNAME=`` copied from .env.example logs in as nobody."""
+    monkeypatch.setenv("BITLOOT_SMTP_USERNAME", "")
+    monkeypatch.setenv("BITLOOT_SMTP_PASSWORD", "")
+    monkeypatch.setenv("BITLOOT_HTTP_PORT", "")
+
+    settings = load_settings(EmailSettings)
+
+    assert settings.smtp_username is None
+    assert settings.smtp_password is None
+    assert settings.http_port == 4002
