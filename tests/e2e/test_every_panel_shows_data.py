@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from grafana.generate import panel_queries, resolve
+from grafana.generate import OVERVIEW_UID, panel_queries, resolve
 from shared.smoke import SmokeSettings, run_smoke
 from tests.conftest import (
     NOWPAYMENTS_SECRET,
@@ -82,7 +82,7 @@ async def test_smoke_passes_and_every_panel_and_recording_rule_shows_data(
     start_ingest: StartIngest,
     metrics_token: str,
 ) -> None:
-    """After one smoke run, no dashboard query or recorded series is blank."""
+    """After one smoke run, nothing is blank, and each overview panel shows the run."""
     sd = {"sd_dir": prometheus.targets_dir}
     async with SmtpServer() as smtp:
         otp = await start_otp(**sd)
@@ -122,12 +122,16 @@ async def test_smoke_passes_and_every_panel_and_recording_rule_shows_data(
             lambda result: len(result) == len(SERVICES),
         )
 
-        # Evaluate every panel's queries.
+        # Evaluate every panel's queries; the overview's must show the smoke run.
         blank = []
+        moved: dict[str, bool] = {}
         for uid, title, expr in panel_queries():
             result = await evaluate(prometheus, resolve(expr, RATE_WINDOW))
             if not isinstance(result, list) or not result:
                 blank.append(f"{uid} / {title}: {expr} -> {result or 'empty'}")
+            elif uid == OVERVIEW_UID:
+                positive = any(float(sample["value"][1]) > 0 for sample in result)
+                moved[title] = moved.get(title, False) or positive
 
         # Every recorded series exists once its rule has been evaluated.
         for name in recording_rules():
@@ -139,3 +143,5 @@ async def test_smoke_passes_and_every_panel_and_recording_rule_shows_data(
                 blank.append(f"recording rule {name} -> empty")
 
     assert not blank, "\n".join(blank)
+    assert len(moved) == 4
+    assert all(moved.values()), moved
