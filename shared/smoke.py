@@ -23,9 +23,8 @@ from typing import Any, TextIO
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings
 
+from services.otp.domain import ADDRESS_REQUESTS_PER_WINDOW
 from services.payment.providers import SIMULATOR
 from services.payment.simulator import (
     IPN_PATH,
@@ -35,27 +34,21 @@ from services.payment.simulator import (
     simulate_payment,
 )
 from services.webhook_ingest.signature import nowpayments_signature
-from shared.settings import ENV_CONFIG
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.25
 PRODUCT = "steam-gift-card-20"
 PAY_CURRENCY = "btc"
-OTP_LIMIT = 3
+OTP_LIMIT = ADDRESS_REQUESTS_PER_WINDOW
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-class SmokeSettings(BaseSettings):
+class SmokeSettings(SimulateSettings):
     """Where ``bitloot smoke`` finds the services; make run's ports by default."""
-
-    model_config = ENV_CONFIG
 
     otp_url: str = "http://127.0.0.1:4001"
     email_url: str = "http://127.0.0.1:4002"
-    payment_url: str = "http://127.0.0.1:4003"
-    webhook_ingest_url: str = "http://127.0.0.1:4004"
-    nowpayments_ipn_secret: SecretStr | None = None
 
     def service_urls(self) -> dict[str, str]:
         return {
