@@ -19,6 +19,8 @@ CODE_LIFETIME = timedelta(minutes=5)
 MAX_WRONG_TRIES = 5
 ADDRESS_REQUESTS_PER_WINDOW = 3
 REQUEST_WINDOW = timedelta(seconds=60)
+# The span over which an address's wrong codes count, across all its codes.
+FAILURE_WINDOW = timedelta(hours=1)
 
 USER_SCOPE = "user"
 
