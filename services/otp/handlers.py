@@ -23,6 +23,7 @@ from services.otp.domain import (
     KeyedHasher,
     SlidingWindow,
     VerificationFailure,
+    client_key,
     generate_code,
     judge_code,
     normalise_email,
@@ -68,7 +69,7 @@ class AddressLockedError(VerificationFailedError):
 @dataclass(frozen=True)
 class RequestCode:
     email: str
-    client: str
+    client: str  # the peer's IP address as the socket reports it
     correlation_id: str
 
 
@@ -119,7 +120,7 @@ class OtpService:
         now = self._clock()
         email = normalise_email(command.email)
         email_hash = self._hasher.email(email)
-        client_hash = self._hasher.client(command.client)
+        client_hash = self._hasher.client(client_key(command.client))
         request_id = uuid.uuid4()
         code = generate_code()
         expires_at = now + CODE_LIFETIME

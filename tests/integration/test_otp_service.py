@@ -17,6 +17,7 @@ import jwt
 import pytest
 
 from services.otp.bootstrap import SERVICE as OTP_SERVICE
+from services.otp.handlers import RateLimitedError, RequestCode
 from services.otp.store import Swept
 from shared.auth import TokenVerifier, load_public_key
 from shared.service import RunningService
@@ -190,6 +191,25 @@ async def test_one_client_is_bounded_across_addresses(
     assert rate_limited(await scrape(otp.url, metrics_token)) == 1
     otp_clock.advance(40)
     assert (await request_code(otp.url, "fresh@example.com"))[0] == 202
+
+
+async def test_addresses_of_one_ipv6_64_share_one_client_window(
+    start_otp: StartOtp,
+) -> None:
+    """Another address from the same /64 is the same client; the next /64 is not."""
+    otp = await start_otp(otp_client_requests_per_minute=2)
+    service = otp.runtime.app[OTP_SERVICE]
+
+    def asked(n: int, client: str) -> RequestCode:
+        return RequestCode(f"person{n}@example.com", client, f"test-{n}")
+
+    await service.request_code(asked(0, "2001:db8:1:2::1"))
+    await service.request_code(asked(1, "2001:db8:1:2:ffff::2"))
+    with pytest.raises(RateLimitedError) as refused:
+        await service.request_code(asked(2, "2001:db8:1:2:abcd:1234:5678:9"))
+
+    assert refused.value.limit == "client"
+    await service.request_code(asked(3, "2001:db8:1:3::1"))
 
 
 async def test_five_wrong_codes_kill_the_code_and_each_failure_is_counted(
