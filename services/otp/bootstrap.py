@@ -12,7 +12,13 @@ import structlog
 from aiohttp import web
 
 from contracts.otp import EmailOtpRequested, OtpIssued, UserRegistered
-from services.otp.domain import Clock, KeyedHasher, SlidingWindow, utc_now
+from services.otp.domain import (
+    FAILURE_WINDOW,
+    Clock,
+    KeyedHasher,
+    SlidingWindow,
+    utc_now,
+)
 from services.otp.handlers import OtpService
 from services.otp.metrics import OtpMetrics
 from services.otp.routes import OtpRoutes
@@ -71,6 +77,9 @@ def build_spec(clock: Clock = utc_now) -> ServiceSpec[OtpSettings]:
             client_window=SlidingWindow(
                 settings.otp_client_requests_per_minute, timedelta(minutes=1)
             ),
+            failure_window=SlidingWindow(
+                settings.otp_failed_verifications_per_hour, FAILURE_WINDOW
+            ),
             token_ttl_seconds=settings.otp_token_ttl_seconds,
         )
         runtime.app[SERVICE] = service
@@ -102,13 +111,18 @@ async def _sweep_forever(service: OtpService) -> None:
     while True:
         await asyncio.sleep(SWEEP_SECONDS)
         try:
-            requests, codes = await service.sweep()
+            swept = await service.sweep()
         except Exception as error:
             # A failed sweep only leaves rows no decision reads; try next time.
             logger.warning("otp_sweep_failed", error=f"{type(error).__name__}: {error}")
             continue
-        if requests or codes:
-            logger.info("otp_swept", requests=requests, codes=codes)
+        if swept.requests or swept.failures or swept.codes:
+            logger.info(
+                "otp_swept",
+                requests=swept.requests,
+                failures=swept.failures,
+                codes=swept.codes,
+            )
 
 
 SPEC = build_spec()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
 import uuid
@@ -19,6 +20,11 @@ CODE_LIFETIME = timedelta(minutes=5)
 MAX_WRONG_TRIES = 5
 ADDRESS_REQUESTS_PER_WINDOW = 3
 REQUEST_WINDOW = timedelta(seconds=60)
+# The span over which an address's wrong codes count, across all its codes.
+FAILURE_WINDOW = timedelta(hours=1)
+
+# An IPv6 site is routinely given a /64 at least, so one client owns all of it.
+IPV6_CLIENT_PREFIX = 64
 
 USER_SCOPE = "user"
 
@@ -46,6 +52,26 @@ def generate_code(draw: Callable[[int], int] = secrets.randbelow) -> str:
 def normalise_email(address: str) -> str:
     """The one spelling of an address that its hash, limits and user are keyed by."""
     return address.strip().lower()
+
+
+def client_key(host: str) -> str:
+    """What a client's request window is keyed by: its IPv4 address or IPv6 /64.
+
+    Keyed by the full IPv6 address, one machine could draw a fresh identity for
+    every request from its 2**64 addresses. An IPv4 address mapped into IPv6, as
+    a dual-stack socket reports it, is that IPv4 address; anything that is not
+    an IP address is used as it is.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    network = ipaddress.IPv6Network((int(address), IPV6_CLIENT_PREFIX), strict=False)
+    return str(network)
 
 
 @dataclass(frozen=True)

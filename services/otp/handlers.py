@@ -23,6 +23,7 @@ from services.otp.domain import (
     KeyedHasher,
     SlidingWindow,
     VerificationFailure,
+    client_key,
     generate_code,
     judge_code,
     normalise_email,
@@ -57,10 +58,18 @@ class VerificationFailedError(Exception):
         self.reason = reason
 
 
+class AddressLockedError(VerificationFailedError):
+    """The address spent its budget of wrong codes; ``retry_after`` says until when."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(VerificationFailure.TOO_MANY_ATTEMPTS)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class RequestCode:
     email: str
-    client: str
+    client: str  # the peer's IP address as the socket reports it
     correlation_id: str
 
 
@@ -90,6 +99,7 @@ class OtpService:
         *,
         admin_emails: frozenset[str],
         client_window: SlidingWindow,
+        failure_window: SlidingWindow,
         token_ttl_seconds: int,
     ) -> None:
         self._pool = pool
@@ -99,6 +109,7 @@ class OtpService:
         self._clock = clock
         self._admin_emails = admin_emails
         self._client_window = client_window
+        self._failure_window = failure_window
         self._token_ttl = token_ttl_seconds
 
     async def request_code(self, command: RequestCode) -> timedelta:
@@ -109,7 +120,7 @@ class OtpService:
         now = self._clock()
         email = normalise_email(command.email)
         email_hash = self._hasher.email(email)
-        client_hash = self._hasher.client(command.client)
+        client_hash = self._hasher.client(client_key(command.client))
         request_id = uuid.uuid4()
         code = generate_code()
         expires_at = now + CODE_LIFETIME
@@ -164,18 +175,38 @@ class OtpService:
         return CODE_LIFETIME
 
     async def verify_code(self, command: VerifyCode) -> LoginToken:
-        """Exchange the address's live code for a token; the first login registers."""
+        """Exchange the address's live code for a token; the first login registers.
+
+        Every wrong code counts against the address's budget, whichever code it
+        was meant for; once the budget is spent the address is refused, the
+        right code included, until enough of its failures leave the window.
+        """
         now = self._clock()
         email = normalise_email(command.email)
         email_hash = self._hasher.email(email)
+        window = self._failure_window
         user_id: uuid.UUID | None = None
         registered = False
+        locked_from_now: int | None = None
 
         async with self._pool.acquire() as connection, connection.transaction():
-            issued = await store.lock_code(connection, email_hash)
-            failure = judge_code(issued, command.code, now, self._hasher)
+            await store.lock_address(connection, email_hash)
+            failures = await store.failures_since(
+                connection, email_hash, window.opened_at(now)
+            )
+            locked_for = window.retry_after(failures, now)
+            # A refusal while locked compares no code and is not recorded: it
+            # teaches a guesser nothing, and recording it would let anyone who
+            # keeps knocking hold the address locked for ever.
+            if locked_for is None:
+                issued = await store.lock_code(connection, email_hash)
+                failure = judge_code(issued, command.code, now, self._hasher)
+            else:
+                issued, failure = None, VerificationFailure.TOO_MANY_ATTEMPTS
             if failure is VerificationFailure.INVALID_CODE and issued is not None:
                 await store.record_wrong_try(connection, email_hash)
+                await store.record_failure(connection, email_hash, now)
+                locked_from_now = window.retry_after([*failures, now], now)
             if failure is None:
                 await store.use_code(connection, email_hash)
                 user_id, registered = await store.record_login(connection, email, now)
@@ -187,7 +218,22 @@ class OtpService:
 
         if failure is not None:
             self._metrics.verification_failed.labels(reason=failure.value).inc()
-            logger.info("otp_refused", email=mask_email(email), reason=failure.value)
+            logger.info(
+                "otp_refused",
+                email=mask_email(email),
+                reason=failure.value,
+                address_locked=locked_for is not None,
+            )
+            if locked_from_now is not None:
+                logger.warning(
+                    "otp_address_locked",
+                    email=mask_email(email),
+                    failures=window.limit,
+                    window_seconds=int(window.length.total_seconds()),
+                    retry_after=locked_from_now,
+                )
+            if locked_for is not None:
+                raise AddressLockedError(locked_for)
             raise VerificationFailedError(failure)
         assert user_id is not None, "a login always finds or makes its user"
 
@@ -203,12 +249,15 @@ class OtpService:
         )
         return LoginToken(access_token=token, expires_in=self._token_ttl)
 
-    async def sweep(self) -> tuple[int, int]:
-        """Forget requests no window counts and codes expired for a while."""
+    async def sweep(self) -> store.Swept:
+        """Forget requests and failures no window counts, and long expired codes."""
         now = self._clock()
         oldest_window = max(REQUEST_WINDOW, self._client_window.length)
         return await store.sweep(
-            self._pool, now - oldest_window, now - EXPIRED_CODE_MEMORY
+            self._pool,
+            now - oldest_window,
+            self._failure_window.opened_at(now),
+            now - EXPIRED_CODE_MEMORY,
         )
 
 

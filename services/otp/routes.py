@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, StringConstraints, Validat
 
 from services.otp.domain import VerificationFailure
 from services.otp.handlers import (
+    AddressLockedError,
     OtpService,
     RateLimitedError,
     RequestCode,
@@ -99,6 +100,14 @@ class OtpRoutes:
         try:
             async with _storage():
                 token = await self._service().verify_code(command)
+        except AddressLockedError as error:
+            raise ApiError(
+                401,
+                error.reason.value,
+                "too many wrong codes for this address; "
+                f"try again in {error.retry_after} s",
+                {"Retry-After": str(error.retry_after)},
+            ) from None
         except VerificationFailedError as error:
             raise ApiError(
                 401, error.reason.value, FAILURE_DETAILS[error.reason]

@@ -20,6 +20,7 @@ class OtpSettings(CommonSettings):
     # A comma-separated list in the environment, not JSON: it is typed by people.
     admin_emails: Annotated[frozenset[str], NoDecode] = frozenset()
     otp_client_requests_per_minute: int = Field(default=30, ge=1, le=10_000)
+    otp_failed_verifications_per_hour: int = Field(default=10, ge=1, le=1000)
     otp_token_ttl_seconds: int = Field(default=3600, ge=60, le=30 * 24 * 3600)
 
     @field_validator("admin_emails", mode="before")

@@ -1,8 +1,9 @@
-"""The otp tables: live codes, the requests the rate limits count, and users."""
+"""The otp tables: live codes, what the limits count, and users."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -24,18 +25,30 @@ def lock_key(digest: bytes) -> int:
 async def lock_requests(
     connection: Connection, email_hash: bytes, client_hash: bytes
 ) -> None:
-    """Make every other request for this address, or from this client, wait.
+    """Make every other request or verify for this address, or client, wait.
 
     The locks last until the transaction ends, so counting the window and
     recording the request are one step for each address. Every transaction
     takes the address lock before the client lock, so none waits in a circle.
     """
-    for namespace, digest in ((ADDRESS_LOCKS, email_hash), (CLIENT_LOCKS, client_hash)):
-        await connection.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1), $2)",
-            namespace,
-            lock_key(digest),
-        )
+    await lock_address(connection, email_hash)
+    await _lock(connection, CLIENT_LOCKS, client_hash)
+
+
+async def lock_address(connection: Connection, email_hash: bytes) -> None:
+    """Make every other request or verify for this address wait.
+
+    A verify holds it while it counts the address's failures, judges the code
+    and records a failure, so concurrent guesses, on any instance, are judged
+    one by one against the budget, whether or not a code row exists to lock.
+    """
+    await _lock(connection, ADDRESS_LOCKS, email_hash)
+
+
+async def _lock(connection: Connection, namespace: str, digest: bytes) -> None:
+    await connection.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1), $2)", namespace, lock_key(digest)
+    )
 
 
 async def requests_since(
@@ -125,6 +138,31 @@ async def record_wrong_try(connection: Connection, email_hash: bytes) -> None:
     )
 
 
+async def failures_since(
+    connection: Connection, email_hash: bytes, since: datetime
+) -> list[datetime]:
+    """When this address's codes were tried wrongly after ``since``, whatever code."""
+    rows = await connection.fetch(
+        """
+        SELECT failed_at FROM failed_verifications
+        WHERE email_hash = $1 AND failed_at > $2
+        """,
+        email_hash,
+        since,
+    )
+    return [row["failed_at"] for row in rows]
+
+
+async def record_failure(
+    connection: Connection, email_hash: bytes, at: datetime
+) -> None:
+    await connection.execute(
+        "INSERT INTO failed_verifications (email_hash, failed_at) VALUES ($1, $2)",
+        email_hash,
+        at,
+    )
+
+
 async def use_code(connection: Connection, email_hash: bytes) -> None:
     """Delete a code that logged in: it works once."""
     await connection.execute("DELETE FROM codes WHERE email_hash = $1", email_hash)
@@ -158,13 +196,22 @@ async def record_login(
     return existing, False
 
 
-async def sweep(
-    pool: asyncpg.Pool, requests_before: datetime, codes_before: datetime
-) -> tuple[int, int]:
-    """Delete requests no window counts any more and codes long expired.
+@dataclass(frozen=True)
+class Swept:
+    """How many rows a sweep deleted, by table."""
 
-    Returns how many requests and codes went.
-    """
+    requests: int
+    failures: int
+    codes: int
+
+
+async def sweep(
+    pool: asyncpg.Pool,
+    requests_before: datetime,
+    failures_before: datetime,
+    codes_before: datetime,
+) -> Swept:
+    """Delete requests and failures no window counts any more, and old codes."""
     async with pool.acquire() as connection:
         requests = await connection.fetchval(
             """
@@ -175,6 +222,15 @@ async def sweep(
             """,
             requests_before,
         )
+        failures = await connection.fetchval(
+            """
+            WITH gone AS (
+                DELETE FROM failed_verifications WHERE failed_at <= $1 RETURNING 1
+            )
+            SELECT count(*) FROM gone
+            """,
+            failures_before,
+        )
         codes = await connection.fetchval(
             """
             WITH gone AS (DELETE FROM codes WHERE expires_at <= $1 RETURNING 1)
@@ -182,4 +238,4 @@ async def sweep(
             """,
             codes_before,
         )
-    return int(requests), int(codes)
+    return Swept(int(requests), int(failures), int(codes))

@@ -17,6 +17,8 @@ import jwt
 import pytest
 
 from services.otp.bootstrap import SERVICE as OTP_SERVICE
+from services.otp.handlers import RateLimitedError, RequestCode
+from services.otp.store import Swept
 from shared.auth import TokenVerifier, load_public_key
 from shared.service import RunningService
 from tests.conftest import StartIngest, StartOtp
@@ -191,6 +193,25 @@ async def test_one_client_is_bounded_across_addresses(
     assert (await request_code(otp.url, "fresh@example.com"))[0] == 202
 
 
+async def test_addresses_of_one_ipv6_64_share_one_client_window(
+    start_otp: StartOtp,
+) -> None:
+    """Another address from the same /64 is the same client; the next /64 is not."""
+    otp = await start_otp(otp_client_requests_per_minute=2)
+    service = otp.runtime.app[OTP_SERVICE]
+
+    def asked(n: int, client: str) -> RequestCode:
+        return RequestCode(f"person{n}@example.com", client, f"test-{n}")
+
+    await service.request_code(asked(0, "2001:db8:1:2::1"))
+    await service.request_code(asked(1, "2001:db8:1:2:ffff::2"))
+    with pytest.raises(RateLimitedError) as refused:
+        await service.request_code(asked(2, "2001:db8:1:2:abcd:1234:5678:9"))
+
+    assert refused.value.limit == "client"
+    await service.request_code(asked(3, "2001:db8:1:3::1"))
+
+
 async def test_five_wrong_codes_kill_the_code_and_each_failure_is_counted(
     otp: RunningService, tap: EventTap, metrics_token: str
 ) -> None:
@@ -208,6 +229,125 @@ async def test_five_wrong_codes_kill_the_code_and_each_failure_is_counted(
     assert verification_failed(samples, "invalid_code") == 5
     assert verification_failed(samples, "too_many_attempts") == 1
     assert verification_failed(samples, "expired") == 0
+
+
+async def verify_with_headers(
+    url: str, email: str, code: str
+) -> tuple[int, str, str | None]:
+    """The status, error code and Retry-After of a verify."""
+    status, answer, headers = await post(
+        url, "/v1/otp/verify", {"email": email, "code": code}
+    )
+    return status, answer.get("error", ""), headers.get("Retry-After")
+
+
+async def failures_stored(database_url: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return int(
+            await connection.fetchval("SELECT count(*) FROM otp.failed_verifications")
+        )
+    finally:
+        await connection.close()
+
+
+async def test_ten_wrong_codes_across_three_codes_lock_the_address_for_an_hour(
+    otp: RunningService,
+    tap: EventTap,
+    otp_clock: ManualClock,
+    metrics_token: str,
+    database_url: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A new code buys no new guesses: 4 + 4 + 2 wrong ones spend the budget.
+
+    Then even the right code of a fresh code is refused, with Retry-After, until
+    the first failures leave the hour; refusals meanwhile do not extend it.
+    """
+    start = otp_clock.now
+
+    def at(seconds: float) -> None:
+        otp_clock.now = start + timedelta(seconds=seconds)
+
+    codes = []
+    for nth, (seconds, guesses) in enumerate(((0, 4), (10, 4), (20, 2)), start=1):
+        at(seconds)
+        assert (await request_code(otp.url, PERSON))[0] == 202
+        code = await next_code(tap, PERSON, nth)
+        codes.append(code)
+        for step in range(1, guesses + 1):
+            status, error, _ = await verify_with_headers(
+                otp.url, PERSON, wrong(code, step)
+            )
+            assert (status, error) == (401, "invalid_code")
+
+    assert await verify_with_headers(otp.url, PERSON, codes[-1]) == (
+        401,
+        "too_many_attempts",
+        "3580",
+    )
+    at(60)
+    assert (await request_code(otp.url, PERSON))[0] == 202
+    fresh = await next_code(tap, PERSON, 4)
+    assert await verify_with_headers(otp.url, PERSON, fresh) == (
+        401,
+        "too_many_attempts",
+        "3540",
+    )
+    status, error, _ = await verify_with_headers(otp.url, PERSON, wrong(fresh))
+    assert (status, error) == (401, "too_many_attempts")
+    assert await failures_stored(database_url) == 10
+
+    at(3599)
+    assert (await request_code(otp.url, PERSON))[0] == 202
+    last = await next_code(tap, PERSON, 5)
+    assert await verify_with_headers(otp.url, PERSON, last) == (
+        401,
+        "too_many_attempts",
+        "1",
+    )
+    at(3600)  # the four failures of the first code have left the window
+    assert (await verify_with_headers(otp.url, PERSON, last))[0] == 200
+
+    samples = await scrape(otp.url, metrics_token)
+    assert verification_failed(samples, "invalid_code") == 10
+    assert verification_failed(samples, "too_many_attempts") == 4
+    assert verification_failed(samples, "expired") == 0
+    assert value(samples, "bitloot_otp_logins_total", role="user") == 1
+    out, err = capfd.readouterr()
+    (locked,) = [
+        line for line in (out + err).splitlines() if "otp_address_locked" in line
+    ]
+    assert "warning" in locked and "p***@example.com" in locked
+    assert PERSON not in out + err
+
+
+async def test_concurrent_wrong_codes_over_two_instances_never_exceed_the_budget(
+    start_otp: StartOtp,
+    tap: EventTap,
+    metrics_token: str,
+    database_url: str,
+) -> None:
+    """Twenty racing guesses at a budget of three: three compared, 17 refused."""
+    instances = [await start_otp(otp_failed_verifications_per_hour=3) for _ in range(2)]
+    await request_code(instances[0].url, PERSON)
+    code = await next_code(tap, PERSON)
+
+    answers = await asyncio.gather(
+        *(
+            verify_code(instances[n % 2].url, PERSON, wrong(code, n + 1))
+            for n in range(20)
+        )
+    )
+
+    errors = sorted(answer["error"] for status, answer in answers if status == 401)
+    assert errors == ["invalid_code"] * 3 + ["too_many_attempts"] * 17
+    assert await failures_stored(database_url) == 3
+    scraped = [await scrape(i.url, metrics_token) for i in instances]
+    assert sum(verification_failed(s, "invalid_code") for s in scraped) == 3
+    assert sum(verification_failed(s, "too_many_attempts") for s in scraped) == 17
+    status, answer = await verify_code(instances[1].url, PERSON, code)
+    assert (status, answer["error"]) == (401, "too_many_attempts")
 
 
 async def test_a_code_expires_five_minutes_after_it_was_asked_for(
@@ -381,14 +521,17 @@ async def test_old_requests_and_long_expired_codes_are_swept(
 ) -> None:
     """What no limit and no verdict reads any more leaves the tables."""
     await request_code(otp.url, PERSON)
-    await next_code(tap, PERSON)
+    code = await next_code(tap, PERSON)
+    await verify_code(otp.url, PERSON, wrong(code))
     service = otp.runtime.app[OTP_SERVICE]
 
-    assert await service.sweep() == (0, 0)
+    assert await service.sweep() == Swept(requests=0, failures=0, codes=0)
     otp_clock.advance(60)
-    assert await service.sweep() == (1, 0)
-    otp_clock.advance(300 + 3600 - 60)  # an hour after the code expired
-    assert await service.sweep() == (0, 1)
+    assert await service.sweep() == Swept(requests=1, failures=0, codes=0)
+    otp_clock.advance(3600 - 60)  # the wrong code has left the failure window
+    assert await service.sweep() == Swept(requests=0, failures=1, codes=0)
+    otp_clock.advance(300)  # an hour after the code expired
+    assert await service.sweep() == Swept(requests=0, failures=0, codes=1)
 
 
 async def test_no_log_line_holds_a_code_a_token_or_a_whole_address(

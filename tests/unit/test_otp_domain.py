@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from services.otp.domain import (
     KeyedHasher,
     SlidingWindow,
     VerificationFailure,
+    client_key,
     generate_code,
     judge_code,
     scopes_for,
@@ -145,6 +147,34 @@ def test_a_window_overfull_from_a_higher_limit_waits_for_enough_to_leave() -> No
     recent = [NOW + seconds(s) for s in (0, 10, 20, 30, 40)]
 
     assert window.retry_after(recent, NOW + seconds(45)) == 35
+
+
+def test_an_ipv4_client_is_keyed_by_its_whole_address() -> None:
+    """Neighbours in one IPv4 network are separate clients."""
+    assert client_key("203.0.113.7") == "203.0.113.7"
+    assert client_key("203.0.113.7") != client_key("203.0.113.8")
+
+
+def test_every_address_of_one_ipv6_64_is_one_client() -> None:
+    """Drawing another address from the same /64 buys no fresh window."""
+    network = ipaddress.IPv6Network("2001:db8:1:2::/64")
+    keys = {client_key(str(network[n])) for n in (0, 1, 2**32, 2**64 - 1)}
+
+    assert keys == {"2001:db8:1:2::/64"}
+    assert client_key("2001:DB8:1:2:0:0:0:9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert client_key("fe80::1%eth0") == "fe80::/64"
+
+
+def test_an_ipv4_peer_of_a_dual_stack_socket_is_keyed_as_ipv4() -> None:
+    """A mapped address is its IPv4 client, not one /64 shared by all of them."""
+    assert client_key("::ffff:203.0.113.7") == "203.0.113.7"
+    assert client_key("::ffff:203.0.113.7") != client_key("::ffff:203.0.113.8")
+
+
+def test_a_peer_that_is_not_an_ip_address_is_keyed_as_it_is() -> None:
+    """The stand-in for a Unix socket's peer stays one shared client."""
+    assert client_key("unknown") == "unknown"
 
 
 def test_an_administrator_also_gets_the_metrics_scope() -> None:
