@@ -260,11 +260,11 @@ async def test_a_provider_error_is_retried_then_counted_when_attempts_run_out(
 async def test_a_timeout_is_retried_and_counted_as_timeout_when_it_persists(
     start_email: StartEmail, smtp: SmtpServer, amqp_url: str, metrics_token: str
 ) -> None:
-    """A server that stops answering: timeout on each try, then failed as timeout."""
+    """A server that stops answering before it takes the message: timeout each try."""
     email = await start_email(
         smtp_port=smtp.port, smtp_timeout_seconds=0.3, email_max_attempts=2
     )
-    smtp.hang = True
+    smtp.misbehave = "hang_at_rcpt"
 
     await publish(amqp_url, otp_requested())
     samples = await settled(email, metrics_token, 1)
@@ -273,12 +273,42 @@ async def test_a_timeout_is_retried_and_counted_as_timeout_when_it_persists(
     assert failed(samples, "otp", "timeout") == 1
 
 
+async def test_a_late_answer_after_the_body_fails_the_email_once_without_a_retry(
+    start_email: StartEmail,
+    smtp: SmtpServer,
+    amqp_url: str,
+    metrics_token: str,
+    database_url: str,
+) -> None:
+    """The server kept the message but answered too late: one email, no second."""
+    email = await start_email(
+        smtp_port=smtp.port, smtp_timeout_seconds=0.3, email_max_attempts=3
+    )
+    smtp.misbehave = "hang_after_data"
+
+    async with EventTap(amqp_url, ["email.failed"]) as tap:
+        await publish(amqp_url, payment_completed())
+        events = await tap.wait_for(1)
+    samples = await settled(email, metrics_token, 1)
+
+    assert len(smtp.messages) == 1
+    assert failed(samples, "payment_completed", "timeout") == 1
+    assert retried(samples, "payment_completed", "timeout") == 0
+    assert sent(samples, "payment_completed") == 0
+    assert (events[0]["data"]["reason"], events[0]["data"]["attempts"]) == (
+        "timeout",
+        1,
+    )
+    rows = await fetch_rows(database_url, "SELECT status, attempts FROM email.emails")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("failed", 1)]
+
+
 async def test_a_transient_failure_then_success_counts_one_email_sent(
     start_email: StartEmail, smtp: SmtpServer, amqp_url: str, metrics_token: str
 ) -> None:
     """The first try times out, the second gets through: sent, not failed."""
     email = await start_email(smtp_port=smtp.port, smtp_timeout_seconds=0.3)
-    smtp.hang = True
+    smtp.misbehave = "hang_at_rcpt"
 
     async with EventTap(amqp_url, ["email.sent"]) as tap:
         await publish(amqp_url, payment_completed())
@@ -287,7 +317,7 @@ async def test_a_transient_failure_then_success_counts_one_email_sent(
             metrics_token,
             lambda s: retried(s, "payment_completed", "timeout") >= 1,
         )
-        smtp.hang = False
+        smtp.misbehave = None
         events = await tap.wait_for(1)
     samples = await settled(email, metrics_token, 1)
 
