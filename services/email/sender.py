@@ -200,7 +200,7 @@ class EmailSender:
         self, connection: Connection, email: store.ClaimedEmail, message_id: str
     ) -> Callable[[], None] | None:
         provider = self._provider.name
-        if not await store.mark_sent(connection, email.id, provider, message_id):
+        if not await store.mark_sent(connection, email, provider, message_id):
             return None
         event = EmailSent(
             type=email.email_type.value,
@@ -244,9 +244,7 @@ class EmailSender:
             if error.retry_after is not None:
                 delay = max(delay, min(error.retry_after, self._retry.max_seconds))
             provider = self._provider.name
-            if not await store.mark_retry(
-                connection, email.id, provider, delay, detail
-            ):
+            if not await store.mark_retry(connection, email, provider, delay, detail):
                 return None
 
             def count_retry() -> None:
@@ -265,7 +263,7 @@ class EmailSender:
         fields: dict[str, object],
     ) -> Callable[[], None] | None:
         provider = self._provider.name
-        if not await store.mark_failed(connection, email.id, provider, reason, detail):
+        if not await store.mark_failed(connection, email, provider, reason, detail):
             return None
         event = EmailFailed(
             type=email.email_type.value,
@@ -330,7 +328,7 @@ class EmailSender:
             # The provider drops a repeated key, so trying again cannot send twice.
             await store.mark_retry(
                 connection,
-                email.id,
+                email,
                 self._provider.name,
                 0.0,
                 "its sender stopped mid-send; tried again under the same key",
