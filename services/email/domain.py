@@ -74,6 +74,16 @@ class SendError(Exception):
         self.retry_after = retry_after
 
 
+# A send may take this share of its lease; the rest is left for recording the
+# outcome, so that the write lands while the claim is still this instance's.
+SEND_SHARE_OF_LEASE = 0.75
+
+
+def send_budget(lease_seconds: float) -> float:
+    """Seconds one send may take, under a lease of ``lease_seconds``."""
+    return lease_seconds * SEND_SHARE_OF_LEASE
+
+
 def retry_delay(attempts: int, base: float, cap: float) -> float:
     """Seconds before the next try after ``attempts`` failed ones: doubling."""
     return float(min(cap, base * 2 ** max(attempts - 1, 0)))

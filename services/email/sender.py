@@ -25,7 +25,13 @@ from email_validator import EmailNotValidError, validate_email
 from contracts.email import EmailFailed, EmailSent
 from contracts.envelope import wrap
 from services.email import store
-from services.email.domain import FailureReason, OutgoingEmail, SendError, retry_delay
+from services.email.domain import (
+    FailureReason,
+    OutgoingEmail,
+    SendError,
+    retry_delay,
+    send_budget,
+)
 from services.email.metrics import EmailMetrics
 from services.email.providers import EmailProvider
 from services.email.rendering import TemplateDataError, render
@@ -70,6 +76,7 @@ class EmailSender:
         self._retry = retry
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
+        self._send_seconds = send_budget(lease_seconds)
         self._poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self._stopping = False
@@ -189,12 +196,28 @@ class EmailSender:
             html=rendered.html,
         )
         started = time.perf_counter()
+        # A send that outlives its lease could land after another claim.
+        budget = asyncio.timeout(self._send_seconds)
         try:
-            return await self._provider.send(outgoing)
+            async with budget:
+                return await self._provider.send(outgoing)
+        except TimeoutError:
+            if not budget.expired():
+                raise
+            raise self._cut_off() from None
         finally:
             self._metrics.send_duration.labels(provider=self._provider.name).observe(
                 time.perf_counter() - started
             )
+
+    def _cut_off(self) -> SendError:
+        """A send stopped at its lease: it may or may not have gone out."""
+        return SendError(
+            FailureReason.TIMEOUT,
+            f"the send was cut off after {self._send_seconds:g} s, to end "
+            "within its lease",
+            retryable=self._provider.deduplicates,
+        )
 
     async def _success(
         self, connection: Connection, email: store.ClaimedEmail, message_id: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, model_validator
 
+from services.email.domain import SEND_SHARE_OF_LEASE, send_budget
 from shared.settings import CommonSettings
 
 
@@ -45,9 +46,12 @@ class EmailSettings(CommonSettings):
             if self.email_provider == "resend"
             else self.smtp_timeout_seconds
         )
-        if self.email_lease_seconds <= timeout:
+        if send_budget(self.email_lease_seconds) <= timeout:
             raise ValueError(
-                "BITLOOT_EMAIL_LEASE_SECONDS must be longer than the provider's "
-                f"timeout ({timeout:g} s), or a slow send would look abandoned"
+                "BITLOOT_EMAIL_LEASE_SECONDS must be more than "
+                f"{timeout / SEND_SHARE_OF_LEASE:g} s: a send may use "
+                f"{SEND_SHARE_OF_LEASE:.0%} of the lease, which must be longer "
+                f"than the provider's timeout ({timeout:g} s), or a slow send "
+                "would be cut off before the provider gives up on it"
             )
         return self

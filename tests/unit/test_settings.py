@@ -93,6 +93,17 @@ def test_a_lease_shorter_than_the_provider_timeout_is_refused() -> None:
         load_settings(EmailSettings, email_lease_seconds=5, smtp_timeout_seconds=10)
 
 
+def test_a_lease_that_cuts_sends_before_the_provider_timeout_is_refused() -> None:
+    """A send may use 75% of the lease, which must outlast the provider's timeout."""
+    with pytest.raises(SettingsError, match="BITLOOT_EMAIL_LEASE_SECONDS must be more"):
+        load_settings(EmailSettings, email_lease_seconds=12, smtp_timeout_seconds=10)
+
+    settings = load_settings(
+        EmailSettings, email_lease_seconds=14, smtp_timeout_seconds=10
+    )
+    assert settings.email_lease_seconds == 14
+
+
 OTP_SIGNING = {
     "otp_hash_secret": "unit-test-secret-0123456789",
     "jwt_private_key_file": Path("jwt-private.pem"),
