@@ -45,6 +45,8 @@ ABANDONED_BATCH = 50
 # Writing an outcome survives a database blip of about half a minute; longer,
 # and the lease runs out and the abandoned-send rule decides instead.
 RECORD_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+# After an unexpected error the loop waits, doubling from its poll interval.
+MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class EmailSender:
         self._send_seconds = send_budget(lease_seconds)
         self._poll_seconds = poll_seconds
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stopped = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -91,7 +93,7 @@ class EmailSender:
 
     async def stop(self, timeout: float) -> None:
         """Take no more emails; let sends in flight finish and record them."""
-        self._stopping = True
+        self._stopped.set()
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -105,40 +107,63 @@ class EmailSender:
 
     async def _run(self) -> None:
         next_sweep = 0.0
-        while not self._stopping:
+        failures = 0
+        while not self._stopped.is_set():
             self._wake.clear()
             try:
                 if time.monotonic() >= next_sweep:
                     await self._settle_abandoned()
                     await self._measure_queue()
                     next_sweep = time.monotonic() + self._poll_seconds
-                free = self._concurrency - len(self._in_flight)
-                claimed = []
-                if free > 0:
-                    claimed = await store.claim_due(
-                        self._pool, free, self._lease_seconds
-                    )
-                for email in claimed:
-                    task = asyncio.create_task(self._deliver(email))
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._in_flight.discard)
-                if claimed and len(claimed) == free:
-                    await self._wait_for(self._any_send_done())
-                    continue
+                slots_full = await self._send_due()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 logger.warning("email_sender_db_error", error=_describe(error))
+            except Exception:
+                # Whatever failed, the loop must live on: a dead loop would leave
+                # every later email unsent while the service still looks ready.
+                failures += 1
+                logger.exception("email_sender_failed", failures=failures)
+                await self._back_off(failures)
+                continue
+            else:
+                failures = 0
+                if slots_full:
+                    await self._wait_for(self._any_send_done())
+                    continue
             await self._wait_for(self._wake.wait())
+
+    async def _send_due(self) -> bool:
+        """Start sends for due emails; True when they took every free slot."""
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return False
+        claimed = await store.claim_due(self._pool, free, self._lease_seconds)
+        for email in claimed:
+            task = asyncio.create_task(self._deliver(email))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return bool(claimed) and len(claimed) == free
 
     async def _wait_for(self, awaitable: Awaitable[object]) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(awaitable, self._poll_seconds)
 
     async def _any_send_done(self) -> None:
-        if self._in_flight:
+        if not self._in_flight:
+            return
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
             await asyncio.wait(
-                [*self._in_flight, asyncio.ensure_future(self._wake.wait())],
-                return_when=asyncio.FIRST_COMPLETED,
+                [*self._in_flight, woken], return_when=asyncio.FIRST_COMPLETED
             )
+        finally:
+            woken.cancel()
+
+    async def _back_off(self, failures: int) -> None:
+        """Wait before the next pass after ``failures`` failed ones in a row."""
+        delay = min(self._poll_seconds * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), delay)
 
     async def _deliver(self, email: store.ClaimedEmail) -> None:
         log = logger.bind(

@@ -16,7 +16,25 @@ from services.email.sender import EmailSender, RetryPolicy
 from tests.support.emails import email_pool, record_welcome
 
 LEASE_SECONDS = 0.4
+POLL_SECONDS = 0.05
 FINISHED = ("bitloot_email_send_success", "bitloot_email_send_failed")
+
+
+class AcceptingProvider:
+    """A provider that takes every email at once."""
+
+    name = "smtp"
+    deduplicates = False
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    async def send(self, email: OutgoingEmail) -> str:
+        self.sends += 1
+        return f"<{self.sends}@bitloot.example>"
+
+    async def close(self) -> None:
+        pass
 
 
 class StallingProvider:
@@ -60,7 +78,12 @@ class Senders:
         self._running: list[EmailSender] = []
 
     async def start(
-        self, provider: EmailProvider, *, max_attempts: int = 3, concurrency: int = 2
+        self,
+        provider: EmailProvider,
+        *,
+        max_attempts: int = 3,
+        concurrency: int = 2,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> EmailSender:
         sender = EmailSender(
             self.pool,
@@ -69,8 +92,8 @@ class Senders:
             sender_address="BitLoot <no-reply@bitloot.example>",
             retry=RetryPolicy(max_attempts, base_seconds=0.05, max_seconds=0.1),
             concurrency=concurrency,
-            lease_seconds=LEASE_SECONDS,
-            poll_seconds=0.05,
+            lease_seconds=lease_seconds,
+            poll_seconds=POLL_SECONDS,
         )
         await sender.start()
         self._running.append(sender)
@@ -164,3 +187,29 @@ async def test_a_cut_off_send_is_retried_when_the_provider_drops_duplicates(
         "bitloot_email_send_retries_total", type="welcome", reason="timeout"
     )
     assert retries == 1
+
+
+def waiting_on_events() -> int:
+    """Tasks of this loop that do nothing but wait on an ``asyncio.Event``."""
+    return sum(
+        1
+        for task in asyncio.all_tasks()
+        if not task.done() and task.get_coro().__qualname__ == "Event.wait"
+    )
+
+
+async def test_waiting_for_a_free_slot_leaves_no_task_behind(
+    senders: Senders,
+) -> None:
+    """Ten sends one at a time, never woken: no wait outlives the pass that made it."""
+    provider = AcceptingProvider()
+    for n in range(10):
+        await record_welcome(senders.pool, f"user{n}@example.com")
+    before = waiting_on_events()
+
+    await senders.start(provider, concurrency=1)
+    settled = await senders.settled(10)
+
+    assert [status for status, _, _ in settled] == ["sent"] * 10
+    # At most the loop's own wait for its next poll is left.
+    assert waiting_on_events() - before <= 1

@@ -10,10 +10,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import aio_pika
 import pytest
 
+from services.email import store
 from services.email.bootstrap import NOTIFICATIONS_QUEUE
 from shared.service import RunningService
 from tests.conftest import StartEmail
@@ -384,3 +386,36 @@ async def test_a_message_that_cannot_be_parsed_is_parked_in_the_dlq(
     )
     assert retries == 0
     assert smtp.messages == []
+
+
+async def test_the_sender_carries_on_after_a_pass_fails_with_an_unexpected_error(
+    start_email: StartEmail,
+    smtp: SmtpServer,
+    amqp_url: str,
+    metrics_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in one pass of the sender loop does not stop every later email."""
+    claim_due = store.claim_due
+    failures = []
+
+    async def claim_due_failing_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append("claim_due")
+            raise RuntimeError("a bug that is not a database error")
+        return await claim_due(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_due", claim_due_failing_once)
+    email = await start_email(smtp_port=smtp.port)
+
+    await publish(amqp_url, registered("after@example.com"), payment_created())
+    mails = await smtp.wait_for(2)
+    samples = await settled(email, metrics_token, 2)
+
+    assert failures == ["claim_due"]
+    assert sorted(m.rcpt_tos for m in mails) == [
+        ("after@example.com",),
+        ("shopper@example.com",),
+    ]
+    assert sent(samples, "welcome") == 1
+    assert sent(samples, "payment_created") == 1
