@@ -35,6 +35,10 @@ API_KEY_MASK = "***"
 # Resend's error names whose meaning does not follow from the status alone.
 VALIDATION_ERROR = "validation_error"
 CONCURRENT_IDEMPOTENT_REQUESTS = "concurrent_idempotent_requests"
+# A validation_error may be about any field; Resend names it in backticks
+# ("Invalid `to` field. ..."). Only one about the recipient is the address's
+# fault; a bad `from` or subject is ours and fails every email alike.
+_ABOUT_RECIPIENT = re.compile(r"`to`|\brecipients?\b", re.IGNORECASE)
 
 
 class ResendProvider:
@@ -71,11 +75,12 @@ class ResendProvider:
     async def send(self, email: OutgoingEmail) -> str:
         """Send ``email`` once and return Resend's id for it.
 
-        Raises ``SendError``: ``invalid_address`` (not retryable) when Resend
-        refuses the recipient, ``timeout`` (retryable) when no full answer came
-        in time, and ``api_error`` for everything else, retryable for connection
-        failures, 5xx, 429, a concurrent request with the same idempotency key
-        and a 2xx we cannot read; not retryable for any other 4xx.
+        Raises ``SendError``: ``invalid_address`` (not retryable) when Resend's
+        validation error is about the recipient, ``timeout`` (retryable) when
+        no full answer came in time, and ``api_error`` for everything else,
+        retryable for connection failures, 5xx, 429, a concurrent request with
+        the same idempotency key and a 2xx we cannot read; not retryable for
+        any other 4xx, a validation error about another field included.
         """
         body = json.dumps(
             {
@@ -156,7 +161,12 @@ class ResendProvider:
         detail = self._clean(f"Resend {status}{said}", email)
 
         if status in (400, 422) and name == VALIDATION_ERROR:
-            return SendError(FailureReason.INVALID_ADDRESS, detail, retryable=False)
+            reason = (
+                FailureReason.INVALID_ADDRESS
+                if _ABOUT_RECIPIENT.search(message)
+                else FailureReason.API_ERROR
+            )
+            return SendError(reason, detail, retryable=False)
         if status == 429:
             return SendError(
                 FailureReason.API_ERROR,
