@@ -16,12 +16,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from email.utils import parseaddr
 from typing import Any
 
 import aiohttp
 
-from services.email.domain import FailureReason, OutgoingEmail, SendError
+from services.email.domain import (
+    FailureReason,
+    OutgoingEmail,
+    SendError,
+    mask_recipient,
+)
 from services.email.providers import RESEND
 from shared.http_client import LazyClientSession
 
@@ -29,7 +33,6 @@ DEFAULT_BASE_URL = "https://api.resend.com"
 EMAILS_PATH = "/emails"
 USER_AGENT = "bitloot-email"
 DETAIL_CHARS = 300
-RECIPIENT_MASK = "<recipient>"
 API_KEY_MASK = "***"
 
 # Resend's error names whose meaning does not follow from the status alone.
@@ -183,20 +186,12 @@ class ResendProvider:
     def _clean(self, text: str, email: OutgoingEmail) -> str:
         """``text`` on one line, without the key or the recipient, bounded."""
         flat = " ".join(text.split())
-        flat = flat.replace(self._api_key, API_KEY_MASK)
-        for address in _recipient_forms(email.recipient):
-            flat = re.sub(re.escape(address), RECIPIENT_MASK, flat, flags=re.IGNORECASE)
+        flat = mask_recipient(
+            flat.replace(self._api_key, API_KEY_MASK), email.recipient
+        )
         if len(flat) > DETAIL_CHARS:
             return flat[: DETAIL_CHARS - 1] + "…"
         return flat
-
-
-def _recipient_forms(recipient: str) -> list[str]:
-    """The recipient as given and its bare address, longest first."""
-    forms = {recipient.strip()}
-    _, address = parseaddr(recipient)
-    forms.add(address.strip())
-    return sorted((form for form in forms if form), key=len, reverse=True)
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:

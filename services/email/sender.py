@@ -29,6 +29,7 @@ from services.email.domain import (
     FailureReason,
     OutgoingEmail,
     SendError,
+    mask_recipient,
     retry_delay,
     send_budget,
 )
@@ -200,7 +201,7 @@ class EmailSender:
         try:
             validate_email(email.recipient, check_deliverability=False)
         except EmailNotValidError as error:
-            detail = str(error).replace(email.recipient, "<recipient>")
+            detail = mask_recipient(str(error), email.recipient)
             raise SendError(
                 FailureReason.INVALID_ADDRESS, detail, retryable=False
             ) from None
@@ -277,7 +278,7 @@ class EmailSender:
         self, connection: Connection, email: store.ClaimedEmail, error: SendError
     ) -> Callable[[], None] | None:
         labels = {"type": email.email_type.value, "reason": error.reason.value}
-        detail = error.detail.replace(email.recipient, "<recipient>")
+        detail = mask_recipient(error.detail, email.recipient)
         fields = {
             **labels,
             "idempotency_key": email.idempotency_key,

@@ -30,13 +30,17 @@ import aiosmtplib
 from aiosmtplib.email import parse_address
 from aiosmtplib.typing import Default
 
-from services.email.domain import FailureReason, OutgoingEmail, SendError
+from services.email.domain import (
+    FailureReason,
+    OutgoingEmail,
+    SendError,
+    mask_recipient,
+)
 from services.email.providers import SMTP
 
 SECURITY_MODES: Final = ("none", "starttls", "tls")
 IDEMPOTENCY_HEADER = "Resend-Idempotency-Key"
 MESSAGE_ID_DOMAIN = "bitloot"
-RECIPIENT_PLACEHOLDER = "<recipient>"
 DETAIL_CHARS = 300
 
 # Refusals of RCPT that say the mailbox is wrong: unknown user, not local,
@@ -281,10 +285,7 @@ def _redacted(failure: SendError, addresses: tuple[str, ...]) -> SendError:
 
     Masking comes first so that a cut can never leave half an address behind.
     """
-    detail = " ".join(failure.detail.split())
-    for address in sorted({a for a in addresses if a}, key=len, reverse=True):
-        for form in (f"<{address}>", address):
-            detail = re.sub(re.escape(form), RECIPIENT_PLACEHOLDER, detail, flags=re.I)
+    detail = mask_recipient(" ".join(failure.detail.split()), *addresses)
     if len(detail) > DETAIL_CHARS:
         detail = detail[:DETAIL_CHARS] + "…"
     return SendError(

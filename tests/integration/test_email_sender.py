@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
-from services.email.domain import OutgoingEmail
+from services.email.domain import FailureReason, OutgoingEmail, SendError
 from services.email.metrics import EmailMetrics
 from services.email.providers import EmailProvider
 from services.email.sender import EmailSender, RetryPolicy
@@ -32,6 +33,24 @@ class AcceptingProvider:
     async def send(self, email: OutgoingEmail) -> str:
         self.sends += 1
         return f"<{self.sends}@bitloot.example>"
+
+    async def close(self) -> None:
+        pass
+
+
+class EchoingProvider:
+    """A provider that refuses every email, quoting its address in other cases."""
+
+    name = "smtp"
+    deduplicates = False
+
+    async def send(self, email: OutgoingEmail) -> str:
+        address = email.recipient
+        raise SendError(
+            FailureReason.API_ERROR,
+            f"550 5.7.1 {address.upper()} refused; <{address.lower()}> is blocked",
+            retryable=False,
+        )
 
     async def close(self) -> None:
         pass
@@ -213,3 +232,21 @@ async def test_waiting_for_a_free_slot_leaves_no_task_behind(
     assert [status for status, _, _ in settled] == ["sent"] * 10
     # At most the loop's own wait for its next poll is left.
     assert waiting_on_events() - before <= 1
+
+
+async def test_an_address_echoed_in_another_case_is_masked_in_the_log_and_the_row(
+    senders: Senders,
+) -> None:
+    """Servers change an address's case when they quote it; it is masked anyway."""
+    await senders.start(EchoingProvider())
+
+    with capture_logs() as logs:
+        await record_welcome(senders.pool, "Shopper.Name@Example.com")
+        settled = await senders.settled(1)
+
+    assert settled == [("failed", 1, "api_error")]
+    last_error = await senders.pool.fetchval("SELECT last_error FROM emails")
+    [logged] = [line for line in logs if line["event"] == "email_failed"]
+    for detail in (last_error, logged["detail"]):
+        assert "shopper.name@example.com" not in detail.lower()
+        assert detail == "550 5.7.1 <recipient> refused; <recipient> is blocked"
