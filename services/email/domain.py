@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from email.utils import parseaddr
 from enum import StrEnum
+
+RECIPIENT_MASK = "<recipient>"
 
 
 class EmailType(StrEnum):
@@ -74,6 +78,32 @@ class SendError(Exception):
         self.retry_after = retry_after
 
 
+# A send may take this share of its lease; the rest is left for recording the
+# outcome, so that the write lands while the claim is still this instance's.
+SEND_SHARE_OF_LEASE = 0.75
+
+
+def send_budget(lease_seconds: float) -> float:
+    """Seconds one send may take, under a lease of ``lease_seconds``."""
+    return lease_seconds * SEND_SHARE_OF_LEASE
+
+
 def retry_delay(attempts: int, base: float, cap: float) -> float:
     """Seconds before the next try after ``attempts`` failed ones: doubling."""
     return float(min(cap, base * 2 ** max(attempts - 1, 0)))
+
+
+def mask_recipient(text: str, *addresses: str) -> str:
+    """``text`` with each address masked as ``<recipient>``, in whatever case.
+
+    Servers quote an address as given, bare, or in angle brackets, and often
+    change its case. The longest form goes first, so that ``Name <a@b>`` and
+    ``<a@b>`` become one mask rather than leaving a name or brackets around it.
+    """
+    forms = set()
+    for given in addresses:
+        bare = parseaddr(given)[1].strip()
+        forms.update({given.strip(), bare, f"<{bare}>" if bare else ""})
+    for form in sorted((form for form in forms if form), key=len, reverse=True):
+        text = re.sub(re.escape(form), RECIPIENT_MASK, text, flags=re.IGNORECASE)
+    return text

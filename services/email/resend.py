@@ -16,12 +16,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from email.utils import parseaddr
 from typing import Any
 
 import aiohttp
 
-from services.email.domain import FailureReason, OutgoingEmail, SendError
+from services.email.domain import (
+    FailureReason,
+    OutgoingEmail,
+    SendError,
+    mask_recipient,
+)
 from services.email.providers import RESEND
 from shared.http_client import LazyClientSession
 
@@ -29,12 +33,15 @@ DEFAULT_BASE_URL = "https://api.resend.com"
 EMAILS_PATH = "/emails"
 USER_AGENT = "bitloot-email"
 DETAIL_CHARS = 300
-RECIPIENT_MASK = "<recipient>"
 API_KEY_MASK = "***"
 
 # Resend's error names whose meaning does not follow from the status alone.
 VALIDATION_ERROR = "validation_error"
 CONCURRENT_IDEMPOTENT_REQUESTS = "concurrent_idempotent_requests"
+# A validation_error may be about any field; Resend names it in backticks
+# ("Invalid `to` field. ..."). Only one about the recipient is the address's
+# fault; a bad `from` or subject is ours and fails every email alike.
+_ABOUT_RECIPIENT = re.compile(r"`to`|\brecipients?\b", re.IGNORECASE)
 
 
 class ResendProvider:
@@ -71,11 +78,12 @@ class ResendProvider:
     async def send(self, email: OutgoingEmail) -> str:
         """Send ``email`` once and return Resend's id for it.
 
-        Raises ``SendError``: ``invalid_address`` (not retryable) when Resend
-        refuses the recipient, ``timeout`` (retryable) when no full answer came
-        in time, and ``api_error`` for everything else, retryable for connection
-        failures, 5xx, 429, a concurrent request with the same idempotency key
-        and a 2xx we cannot read; not retryable for any other 4xx.
+        Raises ``SendError``: ``invalid_address`` (not retryable) when Resend's
+        validation error is about the recipient, ``timeout`` (retryable) when
+        no full answer came in time, and ``api_error`` for everything else,
+        retryable for connection failures, 5xx, 429, a concurrent request with
+        the same idempotency key and a 2xx we cannot read; not retryable for
+        any other 4xx, a validation error about another field included.
         """
         body = json.dumps(
             {
@@ -156,7 +164,12 @@ class ResendProvider:
         detail = self._clean(f"Resend {status}{said}", email)
 
         if status in (400, 422) and name == VALIDATION_ERROR:
-            return SendError(FailureReason.INVALID_ADDRESS, detail, retryable=False)
+            reason = (
+                FailureReason.INVALID_ADDRESS
+                if _ABOUT_RECIPIENT.search(message)
+                else FailureReason.API_ERROR
+            )
+            return SendError(reason, detail, retryable=False)
         if status == 429:
             return SendError(
                 FailureReason.API_ERROR,
@@ -173,20 +186,12 @@ class ResendProvider:
     def _clean(self, text: str, email: OutgoingEmail) -> str:
         """``text`` on one line, without the key or the recipient, bounded."""
         flat = " ".join(text.split())
-        flat = flat.replace(self._api_key, API_KEY_MASK)
-        for address in _recipient_forms(email.recipient):
-            flat = re.sub(re.escape(address), RECIPIENT_MASK, flat, flags=re.IGNORECASE)
+        flat = mask_recipient(
+            flat.replace(self._api_key, API_KEY_MASK), email.recipient
+        )
         if len(flat) > DETAIL_CHARS:
             return flat[: DETAIL_CHARS - 1] + "…"
         return flat
-
-
-def _recipient_forms(recipient: str) -> list[str]:
-    """The recipient as given and its bare address, longest first."""
-    forms = {recipient.strip()}
-    _, address = parseaddr(recipient)
-    forms.add(address.strip())
-    return sorted((form for form in forms if form), key=len, reverse=True)
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:

@@ -25,7 +25,14 @@ from email_validator import EmailNotValidError, validate_email
 from contracts.email import EmailFailed, EmailSent
 from contracts.envelope import wrap
 from services.email import store
-from services.email.domain import FailureReason, OutgoingEmail, SendError, retry_delay
+from services.email.domain import (
+    FailureReason,
+    OutgoingEmail,
+    SendError,
+    mask_recipient,
+    retry_delay,
+    send_budget,
+)
 from services.email.metrics import EmailMetrics
 from services.email.providers import EmailProvider
 from services.email.rendering import TemplateDataError, render
@@ -39,6 +46,8 @@ ABANDONED_BATCH = 50
 # Writing an outcome survives a database blip of about half a minute; longer,
 # and the lease runs out and the abandoned-send rule decides instead.
 RECORD_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+# After an unexpected error the loop waits, doubling from its poll interval.
+MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -70,9 +79,10 @@ class EmailSender:
         self._retry = retry
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
+        self._send_seconds = send_budget(lease_seconds)
         self._poll_seconds = poll_seconds
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stopped = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -84,7 +94,7 @@ class EmailSender:
 
     async def stop(self, timeout: float) -> None:
         """Take no more emails; let sends in flight finish and record them."""
-        self._stopping = True
+        self._stopped.set()
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -98,40 +108,63 @@ class EmailSender:
 
     async def _run(self) -> None:
         next_sweep = 0.0
-        while not self._stopping:
+        failures = 0
+        while not self._stopped.is_set():
             self._wake.clear()
             try:
                 if time.monotonic() >= next_sweep:
                     await self._settle_abandoned()
                     await self._measure_queue()
                     next_sweep = time.monotonic() + self._poll_seconds
-                free = self._concurrency - len(self._in_flight)
-                claimed = []
-                if free > 0:
-                    claimed = await store.claim_due(
-                        self._pool, free, self._lease_seconds
-                    )
-                for email in claimed:
-                    task = asyncio.create_task(self._deliver(email))
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._in_flight.discard)
-                if claimed and len(claimed) == free:
-                    await self._wait_for(self._any_send_done())
-                    continue
+                slots_full = await self._send_due()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 logger.warning("email_sender_db_error", error=_describe(error))
+            except Exception:
+                # Whatever failed, the loop must live on: a dead loop would leave
+                # every later email unsent while the service still looks ready.
+                failures += 1
+                logger.exception("email_sender_failed", failures=failures)
+                await self._back_off(failures)
+                continue
+            else:
+                failures = 0
+                if slots_full:
+                    await self._wait_for(self._any_send_done())
+                    continue
             await self._wait_for(self._wake.wait())
+
+    async def _send_due(self) -> bool:
+        """Start sends for due emails; True when they took every free slot."""
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return False
+        claimed = await store.claim_due(self._pool, free, self._lease_seconds)
+        for email in claimed:
+            task = asyncio.create_task(self._deliver(email))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return bool(claimed) and len(claimed) == free
 
     async def _wait_for(self, awaitable: Awaitable[object]) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(awaitable, self._poll_seconds)
 
     async def _any_send_done(self) -> None:
-        if self._in_flight:
+        if not self._in_flight:
+            return
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
             await asyncio.wait(
-                [*self._in_flight, asyncio.ensure_future(self._wake.wait())],
-                return_when=asyncio.FIRST_COMPLETED,
+                [*self._in_flight, woken], return_when=asyncio.FIRST_COMPLETED
             )
+        finally:
+            woken.cancel()
+
+    async def _back_off(self, failures: int) -> None:
+        """Wait before the next pass after ``failures`` failed ones in a row."""
+        delay = min(self._poll_seconds * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), delay)
 
     async def _deliver(self, email: store.ClaimedEmail) -> None:
         log = logger.bind(
@@ -168,7 +201,7 @@ class EmailSender:
         try:
             validate_email(email.recipient, check_deliverability=False)
         except EmailNotValidError as error:
-            detail = str(error).replace(email.recipient, "<recipient>")
+            detail = mask_recipient(str(error), email.recipient)
             raise SendError(
                 FailureReason.INVALID_ADDRESS, detail, retryable=False
             ) from None
@@ -189,18 +222,34 @@ class EmailSender:
             html=rendered.html,
         )
         started = time.perf_counter()
+        # A send that outlives its lease could land after another claim.
+        budget = asyncio.timeout(self._send_seconds)
         try:
-            return await self._provider.send(outgoing)
+            async with budget:
+                return await self._provider.send(outgoing)
+        except TimeoutError:
+            if not budget.expired():
+                raise
+            raise self._cut_off() from None
         finally:
             self._metrics.send_duration.labels(provider=self._provider.name).observe(
                 time.perf_counter() - started
             )
 
+    def _cut_off(self) -> SendError:
+        """A send stopped at its lease: it may or may not have gone out."""
+        return SendError(
+            FailureReason.TIMEOUT,
+            f"the send was cut off after {self._send_seconds:g} s, to end "
+            "within its lease",
+            retryable=self._provider.deduplicates,
+        )
+
     async def _success(
         self, connection: Connection, email: store.ClaimedEmail, message_id: str
     ) -> Callable[[], None] | None:
         provider = self._provider.name
-        if not await store.mark_sent(connection, email.id, provider, message_id):
+        if not await store.mark_sent(connection, email, provider, message_id):
             return None
         event = EmailSent(
             type=email.email_type.value,
@@ -229,7 +278,7 @@ class EmailSender:
         self, connection: Connection, email: store.ClaimedEmail, error: SendError
     ) -> Callable[[], None] | None:
         labels = {"type": email.email_type.value, "reason": error.reason.value}
-        detail = error.detail.replace(email.recipient, "<recipient>")
+        detail = mask_recipient(error.detail, email.recipient)
         fields = {
             **labels,
             "idempotency_key": email.idempotency_key,
@@ -244,9 +293,7 @@ class EmailSender:
             if error.retry_after is not None:
                 delay = max(delay, min(error.retry_after, self._retry.max_seconds))
             provider = self._provider.name
-            if not await store.mark_retry(
-                connection, email.id, provider, delay, detail
-            ):
+            if not await store.mark_retry(connection, email, provider, delay, detail):
                 return None
 
             def count_retry() -> None:
@@ -265,7 +312,7 @@ class EmailSender:
         fields: dict[str, object],
     ) -> Callable[[], None] | None:
         provider = self._provider.name
-        if not await store.mark_failed(connection, email.id, provider, reason, detail):
+        if not await store.mark_failed(connection, email, provider, reason, detail):
             return None
         event = EmailFailed(
             type=email.email_type.value,
@@ -330,7 +377,7 @@ class EmailSender:
             # The provider drops a repeated key, so trying again cannot send twice.
             await store.mark_retry(
                 connection,
-                email.id,
+                email,
                 self._provider.name,
                 0.0,
                 "its sender stopped mid-send; tried again under the same key",

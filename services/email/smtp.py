@@ -7,8 +7,11 @@ is derived from the idempotency key, so a second copy carries the same id, and
 the ``Resend-Idempotency-Key`` header lets Resend's SMTP relay drop it.
 
 Failures become ``SendError``: a refused recipient is an invalid address, any
-other 5xx answer is final, and 4xx answers, timeouts and connection errors may
-succeed later. Details name the SMTP code and the server's words with the
+other 5xx answer is final, and 4xx answers may succeed later. So may timeouts
+and connection errors, but only before the DATA command: from then on the
+server may hold the message and a lost answer says nothing about whether it
+will deliver it, so a timeout or a dropped connection there is a final
+``timeout``. Details name the SMTP code and the server's words with the
 recipient's address masked, since servers like to echo it.
 """
 
@@ -21,18 +24,23 @@ import socket
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from typing import Final
+from typing import Final, Literal
 
 import aiosmtplib
 from aiosmtplib.email import parse_address
+from aiosmtplib.typing import Default
 
-from services.email.domain import FailureReason, OutgoingEmail, SendError
+from services.email.domain import (
+    FailureReason,
+    OutgoingEmail,
+    SendError,
+    mask_recipient,
+)
 from services.email.providers import SMTP
 
 SECURITY_MODES: Final = ("none", "starttls", "tls")
 IDEMPOTENCY_HEADER = "Resend-Idempotency-Key"
 MESSAGE_ID_DOMAIN = "bitloot"
-RECIPIENT_PLACEHOLDER = "<recipient>"
 DETAIL_CHARS = 300
 
 # Refusals of RCPT that say the mailbox is wrong: unknown user, not local,
@@ -106,7 +114,7 @@ class SmtpProvider:
             )
         message_id = message_id_for(email.idempotency_key, email.sender)
         message = _message(email, recipient, message_id)
-        client = aiosmtplib.SMTP(
+        client = _Session(
             hostname=self._host,
             port=self._port,
             username=self._username,
@@ -122,7 +130,7 @@ class SmtpProvider:
                     message, sender=email.sender, recipients=[recipient]
                 )
         except Exception as error:
-            failure = _send_error(error)
+            failure = _send_error(error, data_sent=client.data_sent)
             if failure is None:
                 raise
             raise _redacted(failure, (email.recipient, recipient)) from None
@@ -136,6 +144,27 @@ class SmtpProvider:
             # socket.getfqdn may wait on DNS; aiosmtplib would ask on every send.
             self._local_hostname = await asyncio.to_thread(socket.getfqdn)
         return self._local_hostname
+
+
+class _Session(aiosmtplib.SMTP):
+    """aiosmtplib's client, noting whether the DATA command has gone out.
+
+    aiosmtplib sends DATA and the body in one call, so the wait for the 354
+    between them counts as after: a lost answer there is final too, which may
+    give up on an email a retry could have sent, but never sends one twice.
+    """
+
+    data_sent = False
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: float | Literal[Default.token] | None = Default.token,
+    ) -> aiosmtplib.SMTPResponse:
+        self.data_sent = True
+        return await super().data(message, timeout=timeout)
 
 
 def message_id_for(idempotency_key: str, sender: str) -> str:
@@ -165,9 +194,10 @@ def _message(email: OutgoingEmail, recipient: str, message_id: str) -> EmailMess
     return message
 
 
-def _send_error(error: Exception) -> SendError | None:
+def _send_error(error: Exception, *, data_sent: bool) -> SendError | None:
     """The ``SendError`` for what aiosmtplib raised; None if it is not a send error.
 
+    ``data_sent`` says whether the session got as far as the DATA command.
     Order matters: aiosmtplib's errors inherit from several of these at once
     (a connect timeout is also a connect error, a bad greeting is also a
     response).
@@ -178,6 +208,14 @@ def _send_error(error: Exception) -> SendError | None:
         return _refused_recipient(error)
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return _refused(error.code, error.message, _stage(error))
+    if data_sent and isinstance(error, TimeoutError | OSError):
+        # SMTP has no way to drop a second copy, so never risk sending one.
+        return SendError(
+            FailureReason.TIMEOUT,
+            f"SMTP server did not confirm the message ({_describe(error)}); it "
+            "may have been delivered, so it is not sent again",
+            retryable=False,
+        )
     if isinstance(error, TimeoutError):
         return SendError(
             FailureReason.TIMEOUT,
@@ -247,10 +285,7 @@ def _redacted(failure: SendError, addresses: tuple[str, ...]) -> SendError:
 
     Masking comes first so that a cut can never leave half an address behind.
     """
-    detail = " ".join(failure.detail.split())
-    for address in sorted({a for a in addresses if a}, key=len, reverse=True):
-        for form in (f"<{address}>", address):
-            detail = re.sub(re.escape(form), RECIPIENT_PLACEHOLDER, detail, flags=re.I)
+    detail = mask_recipient(" ".join(failure.detail.split()), *addresses)
     if len(detail) > DETAIL_CHARS:
         detail = detail[:DETAIL_CHARS] + "…"
     return SendError(

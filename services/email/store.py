@@ -28,7 +28,11 @@ class EmailRequest:
 
 @dataclass(frozen=True)
 class ClaimedEmail:
-    """An email this instance holds for one send attempt."""
+    """An email this instance holds for one send attempt.
+
+    Each claim raises ``attempts``, so ``(id, attempts)`` names this claim and
+    no other: every outcome write is fenced by it.
+    """
 
     id: uuid.UUID
     email_type: EmailType
@@ -105,11 +109,11 @@ async def claim_due(
 
 async def mark_sent(
     connection: Connection,
-    email_id: uuid.UUID,
+    email: ClaimedEmail,
     provider: str,
     provider_message_id: str,
 ) -> bool:
-    """Record a send the provider took; False if this instance lost the lease."""
+    """Record a send the provider took; False if this claim is no longer current."""
     updated = await connection.fetchval(
         """
         UPDATE emails
@@ -117,49 +121,51 @@ async def mark_sent(
             lease_until = NULL, last_error = NULL, finished_at = clock_timestamp(),
             updated_at = clock_timestamp(),
             data = CASE WHEN type = 'otp' THEN NULL ELSE data END
-        WHERE id = $1 AND status = 'sending'
+        WHERE id = $1 AND attempts = $4 AND status = 'sending'
         RETURNING true
         """,
-        email_id,
+        email.id,
         provider,
         provider_message_id[:500],
+        email.attempts,
     )
     return bool(updated)
 
 
 async def mark_retry(
     connection: Connection,
-    email_id: uuid.UUID,
+    email: ClaimedEmail,
     provider: str,
     delay_seconds: float,
     error: str,
 ) -> bool:
-    """Put an email back in line to be tried again after a delay."""
+    """Put an email back in line after a delay; False if the claim is not current."""
     updated = await connection.fetchval(
         """
         UPDATE emails
         SET status = 'pending', provider = $2, lease_until = NULL,
             next_attempt_at = clock_timestamp() + $3 * interval '1 second',
             last_error = $4, updated_at = clock_timestamp()
-        WHERE id = $1 AND status = 'sending'
+        WHERE id = $1 AND attempts = $5 AND status = 'sending'
         RETURNING true
         """,
-        email_id,
+        email.id,
         provider,
         delay_seconds,
         error[:500],
+        email.attempts,
     )
     return bool(updated)
 
 
 async def mark_failed(
     connection: Connection,
-    email_id: uuid.UUID,
+    email: ClaimedEmail,
     provider: str,
     reason: FailureReason,
     error: str,
 ) -> bool:
-    """Give up on an email; its OTP code, if any, is erased."""
+    """Give up on an email, erasing its OTP code; False if the claim is not current."""
     updated = await connection.fetchval(
         """
         UPDATE emails
@@ -167,13 +173,14 @@ async def mark_failed(
             lease_until = NULL, finished_at = clock_timestamp(),
             updated_at = clock_timestamp(),
             data = CASE WHEN type = 'otp' THEN NULL ELSE data END
-        WHERE id = $1 AND status = 'sending'
+        WHERE id = $1 AND attempts = $5 AND status = 'sending'
         RETURNING true
         """,
-        email_id,
+        email.id,
         provider,
         reason.value,
         error[:500],
+        email.attempts,
     )
     return bool(updated)
 

@@ -10,10 +10,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import aio_pika
+import asyncpg
 import pytest
 
+from services.email import store
 from services.email.bootstrap import NOTIFICATIONS_QUEUE
 from shared.service import RunningService
 from tests.conftest import StartEmail
@@ -32,7 +35,7 @@ from tests.support.emails import (
     text_of,
 )
 from tests.support.events import EventTap
-from tests.support.metrics import Samples, scrape, scrape_until
+from tests.support.metrics import Samples, scrape_until
 from tests.support.payments import publish
 from tests.support.smtp_server import SmtpServer
 from tests.support.webhooks import fetch_rows
@@ -61,6 +64,37 @@ async def settled(
         return finished >= count
 
     return await scrape_until(email.url, token, done, timeout)
+
+
+def redelivered(samples: Samples) -> float:
+    """Events the inbox had already seen, of every type."""
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "bitloot_events_consumed_total"
+        and ("outcome", "duplicate") in labels
+    )
+
+
+async def final_emails(
+    database_url: str, count: int, timeout: float = 10.0
+) -> list[asyncpg.Record]:
+    """The email rows once ``count`` are recorded and none is left to send.
+
+    Every fact then has its row, and a row that is sent or failed is never
+    claimed again: from here on no further email can leave.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            rows = await fetch_rows(
+                database_url,
+                "SELECT type, status, data, attempts FROM email.emails ORDER BY type",
+            )
+            if len(rows) >= count and all(
+                r["status"] in ("sent", "failed") for r in rows
+            ):
+                return rows
+            await asyncio.sleep(0.05)
 
 
 async def test_each_event_becomes_its_email_with_the_right_content(
@@ -119,11 +153,8 @@ async def test_the_code_is_erased_once_its_email_is_sent(
 
     await publish(amqp_url, otp_requested(code="555123"), payment_created())
     await smtp.wait_for(2)
-    await asyncio.sleep(0.2)
+    rows = await final_emails(database_url, 2)
 
-    rows = await fetch_rows(
-        database_url, "SELECT type, status, data FROM email.emails ORDER BY type"
-    )
     assert [(r["type"], r["status"], r["data"] is None) for r in rows] == [
         ("otp", "sent", True),
         ("payment_created", "sent", False),
@@ -131,7 +162,11 @@ async def test_the_code_is_erased_once_its_email_is_sent(
 
 
 async def test_one_fact_sends_one_email_however_often_it_is_announced(
-    start_email: StartEmail, smtp: SmtpServer, amqp_url: str, metrics_token: str
+    start_email: StartEmail,
+    smtp: SmtpServer,
+    amqp_url: str,
+    metrics_token: str,
+    database_url: str,
 ) -> None:
     """One event five times, and a second event of the same fact: one email each."""
     email = await start_email(smtp_port=smtp.port)
@@ -144,28 +179,27 @@ async def test_one_fact_sends_one_email_however_often_it_is_announced(
         email.url,
         metrics_token,
         lambda s: (
-            requested(s, "payment_completed", "duplicate") == 1
-            and sent(s, "payment_completed") == 1
-            and sent(s, "payment_created") == 1
+            redelivered(s) == 4 and requested(s, "payment_completed", "duplicate") == 1
         ),
     )
-    await asyncio.sleep(0.5)  # time for a wrong second email to arrive
+    # Every event is handled, so once both rows are final no email can follow.
+    rows = await final_emails(database_url, 2)
 
     assert len(smtp.messages) == 2
+    assert [(r["type"], r["status"]) for r in rows] == [
+        ("payment_completed", "sent"),
+        ("payment_created", "sent"),
+    ]
     assert requested(samples, "payment_created", "new") == 1
     assert requested(samples, "payment_completed", "new") == 1
-    samples = await scrape(email.url, metrics_token)
-    consumed = sum(
-        v
-        for (name, labels), v in samples.items()
-        if name == "bitloot_events_consumed_total"
-        and ("outcome", "duplicate") in labels
-    )
-    assert consumed == 4
 
 
 async def test_a_redelivery_after_commit_but_before_ack_sends_nothing_more(
-    start_email: StartEmail, smtp: SmtpServer, amqp_url: str, metrics_token: str
+    start_email: StartEmail,
+    smtp: SmtpServer,
+    amqp_url: str,
+    metrics_token: str,
+    database_url: str,
 ) -> None:
     """The inbox and the recorded key make the broker's redelivery a no-op."""
     email = await start_email(smtp_port=smtp.port)
@@ -179,19 +213,11 @@ async def test_a_redelivery_after_commit_but_before_ack_sends_nothing_more(
     await smtp.wait_for(1)
     # ...so the broker delivers the same message again.
     await publish(amqp_url, event)
-    await scrape_until(
-        email.url,
-        metrics_token,
-        lambda s: any(
-            name == "bitloot_events_consumed_total"
-            and ("outcome", "duplicate") in labels
-            and v == 1
-            for (name, labels), v in s.items()
-        ),
-    )
-    await asyncio.sleep(0.5)
+    await scrape_until(email.url, metrics_token, lambda s: redelivered(s) == 1)
+    rows = await final_emails(database_url, 1)
 
     assert len(smtp.messages) == 1
+    assert [(r["status"], r["attempts"]) for r in rows] == [("sent", 1)]
 
 
 async def test_two_instances_consuming_together_send_each_email_once(
@@ -204,15 +230,13 @@ async def test_two_instances_consuming_together_send_each_email_once(
     facts += [payment_created() for _ in range(20)]
 
     await publish(amqp_url, *facts, *facts)
-    mails = await smtp.wait_for(40, timeout=20)
-    await asyncio.sleep(0.5)
+    await smtp.wait_for(40, timeout=20)
+    # Forty facts, forty final rows: any copy still in the queues is a duplicate.
+    rows = await final_emails(database_url, 40, timeout=20)
 
     assert len(smtp.messages) == 40
-    assert len({m.message["Message-ID"] for m in mails}) == 40
-    rows = await fetch_rows(
-        database_url, "SELECT status, attempts FROM email.emails WHERE status <> 'sent'"
-    )
-    assert rows == []
+    assert len({m.message["Message-ID"] for m in smtp.messages}) == 40
+    assert [(r["status"], r["attempts"]) for r in rows] == [("sent", 1)] * 40
 
 
 async def test_a_refused_address_fails_at_once_as_invalid_address(
@@ -260,11 +284,11 @@ async def test_a_provider_error_is_retried_then_counted_when_attempts_run_out(
 async def test_a_timeout_is_retried_and_counted_as_timeout_when_it_persists(
     start_email: StartEmail, smtp: SmtpServer, amqp_url: str, metrics_token: str
 ) -> None:
-    """A server that stops answering: timeout on each try, then failed as timeout."""
+    """A server that stops answering before it takes the message: timeout each try."""
     email = await start_email(
         smtp_port=smtp.port, smtp_timeout_seconds=0.3, email_max_attempts=2
     )
-    smtp.hang = True
+    smtp.misbehave = "hang_at_rcpt"
 
     await publish(amqp_url, otp_requested())
     samples = await settled(email, metrics_token, 1)
@@ -273,12 +297,42 @@ async def test_a_timeout_is_retried_and_counted_as_timeout_when_it_persists(
     assert failed(samples, "otp", "timeout") == 1
 
 
+async def test_a_late_answer_after_the_body_fails_the_email_once_without_a_retry(
+    start_email: StartEmail,
+    smtp: SmtpServer,
+    amqp_url: str,
+    metrics_token: str,
+    database_url: str,
+) -> None:
+    """The server kept the message but answered too late: one email, no second."""
+    email = await start_email(
+        smtp_port=smtp.port, smtp_timeout_seconds=0.3, email_max_attempts=3
+    )
+    smtp.misbehave = "hang_after_data"
+
+    async with EventTap(amqp_url, ["email.failed"]) as tap:
+        await publish(amqp_url, payment_completed())
+        events = await tap.wait_for(1)
+    samples = await settled(email, metrics_token, 1)
+
+    assert len(smtp.messages) == 1
+    assert failed(samples, "payment_completed", "timeout") == 1
+    assert retried(samples, "payment_completed", "timeout") == 0
+    assert sent(samples, "payment_completed") == 0
+    assert (events[0]["data"]["reason"], events[0]["data"]["attempts"]) == (
+        "timeout",
+        1,
+    )
+    rows = await fetch_rows(database_url, "SELECT status, attempts FROM email.emails")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("failed", 1)]
+
+
 async def test_a_transient_failure_then_success_counts_one_email_sent(
     start_email: StartEmail, smtp: SmtpServer, amqp_url: str, metrics_token: str
 ) -> None:
     """The first try times out, the second gets through: sent, not failed."""
     email = await start_email(smtp_port=smtp.port, smtp_timeout_seconds=0.3)
-    smtp.hang = True
+    smtp.misbehave = "hang_at_rcpt"
 
     async with EventTap(amqp_url, ["email.sent"]) as tap:
         await publish(amqp_url, payment_completed())
@@ -287,7 +341,7 @@ async def test_a_transient_failure_then_success_counts_one_email_sent(
             metrics_token,
             lambda s: retried(s, "payment_completed", "timeout") >= 1,
         )
-        smtp.hang = False
+        smtp.misbehave = None
         events = await tap.wait_for(1)
     samples = await settled(email, metrics_token, 1)
 
@@ -354,3 +408,36 @@ async def test_a_message_that_cannot_be_parsed_is_parked_in_the_dlq(
     )
     assert retries == 0
     assert smtp.messages == []
+
+
+async def test_the_sender_carries_on_after_a_pass_fails_with_an_unexpected_error(
+    start_email: StartEmail,
+    smtp: SmtpServer,
+    amqp_url: str,
+    metrics_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in one pass of the sender loop does not stop every later email."""
+    claim_due = store.claim_due
+    failures = []
+
+    async def claim_due_failing_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append("claim_due")
+            raise RuntimeError("a bug that is not a database error")
+        return await claim_due(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_due", claim_due_failing_once)
+    email = await start_email(smtp_port=smtp.port)
+
+    await publish(amqp_url, registered("after@example.com"), payment_created())
+    mails = await smtp.wait_for(2)
+    samples = await settled(email, metrics_token, 2)
+
+    assert failures == ["claim_due"]
+    assert sorted(m.rcpt_tos for m in mails) == [
+        ("after@example.com",),
+        ("shopper@example.com",),
+    ]
+    assert sent(samples, "welcome") == 1
+    assert sent(samples, "payment_created") == 1

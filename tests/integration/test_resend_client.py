@@ -12,7 +12,15 @@ from aiohttp import web
 from services.email.domain import EmailType, FailureReason, OutgoingEmail, SendError
 from services.email.providers import RESEND
 from services.email.resend import ResendProvider
-from tests.support.fake_resend import API_KEY, INVALID_TO, Behaviour, FakeResend
+from tests.support.fake_resend import (
+    API_KEY,
+    INVALID_FROM,
+    INVALID_REPLY_TO,
+    INVALID_SUBJECT,
+    INVALID_TO,
+    Behaviour,
+    FakeResend,
+)
 
 TIMEOUT = 0.3
 RECIPIENT = "shopper@example.com"
@@ -204,6 +212,30 @@ async def test_a_scripted_validation_error_is_an_invalid_address(
     assert fake.delivered == []
 
 
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        ("validation_error_from", INVALID_FROM),
+        ("validation_error_reply_to", INVALID_REPLY_TO),
+        ("validation_error_subject", INVALID_SUBJECT),
+    ],
+)
+async def test_a_validation_error_about_another_field_is_a_final_api_error(
+    fake: FakeResend, make_provider: MakeProvider, behaviour: Behaviour, message: str
+) -> None:
+    """A bad From or subject is our mistake, not the recipient's: api_error, final."""
+    provider = make_provider()
+    fake.script(behaviour)
+
+    with pytest.raises(SendError) as caught:
+        await provider.send(outgoing())
+
+    assert caught.value.reason == FailureReason.API_ERROR
+    assert not caught.value.retryable
+    assert caught.value.detail == f"Resend 422 validation_error: {message}"
+    assert fake.delivered == []
+
+
 async def test_a_429_is_a_retryable_api_error_with_retry_after(
     fake: FakeResend, make_provider: MakeProvider
 ) -> None:
@@ -371,7 +403,14 @@ async def test_a_recipient_echoed_by_resend_is_masked_in_the_detail(
 
 @pytest.mark.parametrize(
     "behaviour",
-    ["status_500", "status_429", "hang", "garbage", "validation_error"],
+    [
+        "status_500",
+        "status_429",
+        "hang",
+        "garbage",
+        "validation_error",
+        "validation_error_from",
+    ],
 )
 async def test_no_failure_detail_names_the_recipient_the_key_or_the_content(
     fake: FakeResend, make_provider: MakeProvider, behaviour: Behaviour

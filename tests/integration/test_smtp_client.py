@@ -16,7 +16,7 @@ from services.email.domain import (
     idempotency_key,
 )
 from services.email.smtp import SmtpProvider, message_id_for
-from tests.support.smtp_server import SmtpServer
+from tests.support.smtp_server import Misbehaviour, SmtpServer
 
 SENDER = "BitLoot <orders@bitloot.example>"
 SHOPPER = "shopper@example.com"
@@ -139,11 +139,11 @@ async def test_greylisting_is_an_api_error_worth_retrying(smtp: SmtpServer) -> N
     assert smtp.messages == []
 
 
-async def test_a_server_that_stops_answering_is_a_timeout_worth_retrying(
+async def test_a_server_that_stops_answering_before_accepting_is_worth_retrying(
     smtp: SmtpServer,
 ) -> None:
-    """No answer to DATA within the timeout: a retryable timeout, promptly."""
-    smtp.hang = True
+    """No answer to RCPT within the timeout: nothing was handed over, so retry."""
+    smtp.misbehave = "hang_at_rcpt"
     started = time.monotonic()
 
     error = await failure_of(provider_for(smtp.port), outgoing())
@@ -151,6 +151,22 @@ async def test_a_server_that_stops_answering_is_a_timeout_worth_retrying(
     assert error.reason is FailureReason.TIMEOUT
     assert error.retryable
     assert time.monotonic() - started < 3
+    assert smtp.messages == []
+
+
+@pytest.mark.parametrize("misbehaviour", ["hang_after_data", "drop_after_data"])
+async def test_a_lost_answer_after_the_body_is_a_final_timeout(
+    smtp: SmtpServer, misbehaviour: Misbehaviour
+) -> None:
+    """The server kept the message but its answer never came: never sent again."""
+    smtp.misbehave = misbehaviour
+
+    error = await failure_of(provider_for(smtp.port), outgoing())
+
+    assert error.reason is FailureReason.TIMEOUT
+    assert not error.retryable
+    assert "may have been delivered" in error.detail
+    assert len(smtp.messages) == 1
 
 
 async def test_a_closed_port_is_an_api_error_worth_retrying() -> None:

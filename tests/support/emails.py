@@ -6,9 +6,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import asyncpg
+
 from contracts.envelope import Envelope, wrap
 from contracts.otp import EmailOtpRequested, UserRegistered
 from contracts.payments import PaymentCompleted, PaymentCreated, PaymentUnderpaid
+from services.email import store
+from services.email.bootstrap import SPEC as EMAIL
+from services.email.domain import EmailType, idempotency_key
+from shared.db import create_pool, discover_migrations, migrate
 from tests.support.metrics import Samples, value
 from tests.support.smtp_server import ReceivedMail
 
@@ -112,3 +118,24 @@ def requested(samples: Samples, email_type: str, outcome: str) -> float:
     return value(
         samples, "bitloot_emails_requested_total", type=email_type, outcome=outcome
     )
+
+
+async def email_pool(database_url: str) -> asyncpg.Pool:
+    """A pool on the email service's schema, migrated as the service would."""
+    await migrate(database_url, EMAIL.schema, discover_migrations(EMAIL.migrations_dir))
+    return await create_pool(database_url, EMAIL.schema, min_size=1, max_size=4)
+
+
+async def record_welcome(pool: asyncpg.Pool, email: str = "new@example.com") -> None:
+    """Record an owed welcome email, as the consumer of user.registered would."""
+    user_id = str(uuid.uuid4())
+    request = store.EmailRequest(
+        email_type=EmailType.WELCOME,
+        idempotency_key=idempotency_key(EmailType.WELCOME, user_id),
+        recipient=email,
+        data={},
+        event_id=uuid.uuid4(),
+        correlation_id=f"test-welcome-{user_id}",
+    )
+    async with pool.acquire() as connection:
+        assert await store.record_email(connection, request)

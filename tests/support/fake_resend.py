@@ -8,6 +8,8 @@ another body is a 409, and so is a second request while the first one with that
 key is still in progress. It records every request and every email it delivers.
 
 Behaviours queued with ``script()`` take the next requests, one each. The
+``validation_error*`` ones answer Resend's 422 about one field (``to`` by
+default, or ``from``, ``reply_to``, ``subject``) whatever the request held. The
 failures (``status_500``, ``status_429``, ``hang``, ``garbage``) stand for an
 outage in front of Resend: nothing is delivered and the idempotency key is not
 remembered, so a retry with the same key is a fresh send.
@@ -36,6 +38,11 @@ INVALID_FROM = (
     "Invalid `from` field. The email address needs to follow the "
     "`email@example.com` or `Name <email@example.com>` format."
 )
+INVALID_SUBJECT = "The `subject` field must be a `string`."
+INVALID_REPLY_TO = (
+    "Invalid `reply_to` field. The email address needs to follow the "
+    "`email@example.com` or `Name <email@example.com>` format."
+)
 MAX_IDEMPOTENCY_KEY_CHARS = 256
 
 Behaviour = Literal[
@@ -45,6 +52,9 @@ Behaviour = Literal[
     "hang",
     "garbage",
     "validation_error",
+    "validation_error_from",
+    "validation_error_reply_to",
+    "validation_error_subject",
 ]
 
 
@@ -188,6 +198,12 @@ class FakeResend(LocalHttpServer):
             )
         if behaviour == "validation_error":
             return _error(422, "validation_error", INVALID_TO)
+        if behaviour == "validation_error_from":
+            return _error(422, "validation_error", INVALID_FROM)
+        if behaviour == "validation_error_reply_to":
+            return _error(422, "validation_error", INVALID_REPLY_TO)
+        if behaviour == "validation_error_subject":
+            return _error(422, "validation_error", INVALID_SUBJECT)
 
         if key is not None and key in self._remembered:
             remembered = self._remembered[key]
@@ -230,7 +246,7 @@ def _invalid(data: Any) -> tuple[str, str] | None:
     ):
         return "validation_error", INVALID_TO
     if not isinstance(data["subject"], str):
-        return "validation_error", "The `subject` field must be a `string`."
+        return "validation_error", INVALID_SUBJECT
     return None
 
 

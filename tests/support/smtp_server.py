@@ -4,8 +4,13 @@ Built on aiosmtpd's protocol, served by the test's own event loop, so what it
 records can be read without locks. Addresses choose the behaviour: a recipient
 whose local part starts with ``rejected`` is refused with 550 5.1.1 (no such
 user), ``unrelayed`` with 550 5.7.54 (relaying denied, a policy refusal), and
-``greylisted`` gets 451 for DATA; ``hang = True`` makes it stop answering DATA.
-Refusals echo the address, as real servers do.
+``greylisted`` gets 451 for DATA. ``misbehave`` makes every session go wrong
+at one point: ``hang_at_rcpt`` stops answering before it accepts anything (it
+never takes the message), ``hang_after_data`` keeps the message and answers its
+DATA only after ``hang_seconds``, and ``drop_after_data`` keeps the message and
+hangs up instead of answering. The last two are a real server that took the
+message but whose answer was lost. Refusals echo the address, as real servers
+do.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 HOST = "127.0.0.1"
 SERVER_NAME = "smtp.test.invalid"
+
+Misbehaviour = Literal["hang_at_rcpt", "hang_after_data", "drop_after_data"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class SmtpServer:
     """
 
     def __init__(self, *, hang_seconds: float = 5.0) -> None:
-        self.hang = False
+        self.misbehave: Misbehaviour | None = None
         self.hang_seconds = hang_seconds
         self.messages: list[ReceivedMail] = []
         self._arrived = asyncio.Event()
@@ -160,6 +167,9 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if self._smtp.misbehave == "hang_at_rcpt":
+            await self._smtp.hung()
+            return "451 4.3.2 Try again later"
         local_part = _local_part(address)
         if local_part.startswith("rejected"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
@@ -172,9 +182,6 @@ class _Handler:
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
-        if self._smtp.hang:
-            await self._smtp.hung()
-            return "421 4.3.2 Shutting down"
         for address in envelope.rcpt_tos:
             if _local_part(address).startswith("greylisted"):
                 return (
@@ -183,6 +190,12 @@ class _Handler:
                 )
         raw = _bytes(envelope.original_content or envelope.content)
         self._smtp.received(envelope.mail_from or "", tuple(envelope.rcpt_tos), raw)
+        if self._smtp.misbehave == "drop_after_data" and server.transport:
+            # Hanging on after the drop keeps aiosmtpd from answering a closed
+            # socket; the dropped connection cancels the wait.
+            server.transport.close()
+        if self._smtp.misbehave in ("hang_after_data", "drop_after_data"):
+            await self._smtp.hung()
         return "250 2.0.0 Ok: queued"
 
 

@@ -93,6 +93,60 @@ def test_a_lease_shorter_than_the_provider_timeout_is_refused() -> None:
         load_settings(EmailSettings, email_lease_seconds=5, smtp_timeout_seconds=10)
 
 
+def test_a_lease_that_cuts_sends_before_the_provider_timeout_is_refused() -> None:
+    """A send may use 75% of the lease, which must outlast the provider's timeout."""
+    with pytest.raises(SettingsError, match="BITLOOT_EMAIL_LEASE_SECONDS must be more"):
+        load_settings(EmailSettings, email_lease_seconds=12, smtp_timeout_seconds=10)
+
+    settings = load_settings(
+        EmailSettings, email_lease_seconds=14, smtp_timeout_seconds=10
+    )
+    assert settings.email_lease_seconds == 14
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "BitLoot",
+        "no-reply@",
+        "BitLoot no-reply@bitloot.example",
+        "BitLoot <no-reply@bitloot.example",
+        "BitLoot <no-reply@bitloot.example> and more",
+        "orders@bitloot.example, support@bitloot.example",
+        "BitLoot <no-reply@localhost>",
+    ],
+)
+def test_a_from_that_is_not_one_address_stops_the_email_service(sender: str) -> None:
+    """Every email would be refused, so a bad From is refused at start, by name."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(EmailSettings, email_from=sender)
+
+    assert "BITLOOT_EMAIL_FROM" in str(caught.value)
+    assert repr(sender) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "BitLoot <no-reply@bitloot.example>",
+        "no-reply@bitloot.example",
+        '"BitLoot, Inc." <orders@bitloot.example>',
+    ],
+)
+def test_a_from_with_or_without_a_display_name_is_accepted(sender: str) -> None:
+    """An address alone, or a name and the address in angle brackets."""
+    assert load_settings(EmailSettings, email_from=sender).email_from == sender
+
+
+def test_the_default_from_is_a_valid_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With nothing set, the email service starts."""
+    monkeypatch.delenv("BITLOOT_EMAIL_FROM", raising=False)
+
+    assert "@" in load_settings(EmailSettings).email_from
+
+
 OTP_SIGNING = {
     "otp_hash_secret": "unit-test-secret-0123456789",
     "jwt_private_key_file": Path("jwt-private.pem"),
