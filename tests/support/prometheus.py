@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -36,8 +37,8 @@ def find_tool(name: str) -> str:
 def lay_out(directory: Path, token: str) -> Path:
     """Copy the config with targets/, secrets/ and rules/ beside it, as deployed.
 
-    Scrapes and rule evaluations happen every second instead of every 15 so
-    tests wait briefly; everything else is the repository's file unchanged.
+    Scrapes and rule evaluations (a group's own interval too) happen every
+    second so tests wait briefly; everything else is the repository's file unchanged.
     """
     text = (REPOSITORY_CONFIG_DIR / "prometheus.yml").read_text()
     for production, shortened in SHORTENED.items():
@@ -54,7 +55,11 @@ def lay_out(directory: Path, token: str) -> Path:
     write_token(directory, token)
     rules = REPOSITORY_CONFIG_DIR / "rules"
     if rules.is_dir():
-        shutil.copytree(rules, directory / "rules", dirs_exist_ok=True)
+        # A rule group's own interval is shortened like the global one.
+        (directory / "rules").mkdir(exist_ok=True)
+        for path in rules.glob("*.yml"):
+            text = re.sub(r"(?m)^(\s+interval:) \d+[smh]$", r"\1 1s", path.read_text())
+            (directory / "rules" / path.name).write_text(text)
     return config
 
 
