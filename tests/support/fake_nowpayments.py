@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from tests.support.local_server import LocalHttpServer
+from tests.support.local_server import LocalHttpServer, ReceivedRequest
 
 API_KEY = "test-nowpayments-api-key"
 PAYMENT_PATH = "/v1/payment"
@@ -47,17 +46,6 @@ REQUIRED_FIELDS = ("price_amount", "price_currency", "pay_currency")
 
 
 @dataclass(frozen=True)
-class ReceivedRequest:
-    """One request as the fake saw it: header names are lower-cased."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: str
-    json: Any
-
-
-@dataclass(frozen=True)
 class SentResponse:
     """One answer the fake gave: its status and raw body text."""
 
@@ -81,7 +69,6 @@ class FakeNowPayments(LocalHttpServer):
         self.api_key = api_key
         self.rates = dict(RATES if rates is None else rates)
         self.hang_seconds = hang_seconds
-        self.requests: list[ReceivedRequest] = []
         self.responses: list[SentResponse] = []
         self._script: deque[Behaviour] = deque()
 
@@ -106,20 +93,7 @@ class FakeNowPayments(LocalHttpServer):
         return response
 
     async def _create_payment(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        try:
-            parsed: Any = json.loads(body, parse_float=Decimal)
-        except ValueError:
-            parsed = None
-        self.requests.append(
-            ReceivedRequest(
-                method=request.method,
-                path=request.path,
-                headers={k.lower(): v for k, v in request.headers.items()},
-                body=body,
-                json=parsed,
-            )
-        )
+        parsed = (await self.record(request, parse_float=Decimal)).json
         behaviour: Behaviour = self._script.popleft() if self._script else "ok"
 
         if behaviour == "hang":

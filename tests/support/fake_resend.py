@@ -18,7 +18,6 @@ remembered, so a retry with the same key is a fresh send.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -59,17 +58,6 @@ Behaviour = Literal[
 
 
 @dataclass(frozen=True)
-class ReceivedRequest:
-    """One request as the fake saw it: header names are lower-cased."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: str
-    json: Any
-
-
-@dataclass(frozen=True)
 class DeliveredEmail:
     """One email the fake accepted, as its request body described it."""
 
@@ -98,7 +86,6 @@ class FakeResend(LocalHttpServer):
     def __init__(self, api_key: str = API_KEY) -> None:
         super().__init__()
         self.api_key = api_key
-        self.requests: list[ReceivedRequest] = []
         self.delivered: list[DeliveredEmail] = []
         self._script: deque[Behaviour] = deque()
         self._remembered: dict[str, _Remembered] = {}
@@ -119,20 +106,7 @@ class FakeResend(LocalHttpServer):
         app.router.add_post(EMAILS_PATH, self._send_email)
 
     async def _send_email(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        try:
-            parsed: Any = json.loads(body)
-        except ValueError:
-            parsed = None
-        self.requests.append(
-            ReceivedRequest(
-                method=request.method,
-                path=request.path,
-                headers={k.lower(): v for k, v in request.headers.items()},
-                body=body,
-                json=parsed,
-            )
-        )
+        parsed = (await self.record(request)).json
         self._arrived.set()
         behaviour: Behaviour = self._script.popleft() if self._script else "ok"
         key = request.headers.get("Idempotency-Key")

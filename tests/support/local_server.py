@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aiohttp import web
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One request as the fake saw it: header names are lower-cased."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: str
+    json: Any
 
 
 class LocalHttpServer:
@@ -21,6 +35,7 @@ class LocalHttpServer:
     name = "fake server"
 
     def __init__(self) -> None:
+        self.requests: list[ReceivedRequest] = []
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
@@ -34,6 +49,25 @@ class LocalHttpServer:
 
     def add_routes(self, app: web.Application) -> None:
         raise NotImplementedError
+
+    async def record(
+        self, request: web.Request, parse_float: Callable[[str], Any] = float
+    ) -> ReceivedRequest:
+        """Keep the request in ``requests``; its JSON is None when it has none."""
+        body = await request.text()
+        try:
+            parsed: Any = json.loads(body, parse_float=parse_float)
+        except ValueError:
+            parsed = None
+        received = ReceivedRequest(
+            method=request.method,
+            path=request.path,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            json=parsed,
+        )
+        self.requests.append(received)
+        return received
 
     async def start(self) -> str:
         """Listen on a free port of 127.0.0.1 and return the base URL."""
