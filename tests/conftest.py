@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from services.payment.settings import PaymentSettings
 from services.webhook_ingest.bootstrap import SPEC as WEBHOOK_INGEST
 from services.webhook_ingest.settings import WebhookIngestSettings
 from shared.auth import METRICS_SCOPE, TokenIssuer, generate_key_pair, load_private_key
-from shared.service import RunningService, start_service
+from shared.service import RunningService, ServiceSpec, start_service
+from shared.settings import CommonSettings
 from tests.support import infra
 from tests.support.otp import ManualClock
 from tests.support.tcp_proxy import TcpProxy
@@ -28,6 +30,42 @@ from tests.support.tcp_proxy import TcpProxy
 NOWPAYMENTS_SECRET = "test-ipn-secret"
 KINGUIN_SECRET = "test-kinguin-secret"
 OTP_HASH_SECRET = "test-otp-hash-secret-0123456789"
+
+
+def queue_family(*queues: str) -> list[str]:
+    """Each consumer queue with its retry steps and its dead-letter queue."""
+    suffixes = ("", ".retry.0", ".retry.1", ".dlq")
+    return [f"{queue}{suffix}" for queue in queues for suffix in suffixes]
+
+
+@asynccontextmanager
+async def running_instances(
+    spec: ServiceSpec[Any],
+    make_settings: Callable[[dict[str, Any]], CommonSettings],
+    amqp_url: str,
+    queues: list[str],
+) -> AsyncIterator[Callable[..., Awaitable[RunningService]]]:
+    """A starter of instances consuming once started; all stop on leaving.
+
+    The vhost lives for the whole run, so the service's queues are deleted
+    before and after: no test consumes what another left behind.
+    """
+    await infra.delete_queues(amqp_url, queues)
+    running: list[RunningService] = []
+
+    async def start(**overrides: Any) -> RunningService:
+        service = await start_service(spec, make_settings(overrides))
+        for consumer in service.runtime.consumers:
+            assert await consumer.wait_consuming(10), consumer.queue_name
+        running.append(service)
+        return service
+
+    try:
+        yield start
+    finally:
+        for service in reversed(running):
+            await service.stop()
+        await infra.delete_queues(amqp_url, queues)
 
 
 @pytest.fixture(autouse=True)
@@ -132,31 +170,15 @@ StartPayment = Callable[..., Awaitable[RunningService]]
 
 @pytest.fixture
 async def start_payment(common_env: dict[str, Any]) -> AsyncIterator[StartPayment]:
-    """Start payment instances consuming from the test's vhost; all stop after.
-
-    The vhost lives for the whole run, so the payment queues are deleted before
-    and after each test: no test consumes what another left behind.
-    """
-    queues = [
-        f"{queue}{suffix}"
-        for queue in (IPN_QUEUE, KINGUIN_QUEUE)
-        for suffix in ("", ".retry.0", ".retry.1", ".dlq")
-    ] + ["payment.event-log"]
-    await infra.delete_queues(common_env["amqp_url"], queues)
-    running: list[RunningService] = []
-
-    async def start(**overrides: Any) -> RunningService:
-        settings = PaymentSettings(**{**common_env, **overrides})
-        service = await start_service(PAYMENT, settings)
-        for consumer in service.runtime.consumers:
-            assert await consumer.wait_consuming(10), consumer.queue_name
-        running.append(service)
-        return service
-
-    yield start
-    for service in reversed(running):
-        await service.stop()
-    await infra.delete_queues(common_env["amqp_url"], queues)
+    """Start payment instances consuming from the test's vhost; all stop after."""
+    queues = [*queue_family(IPN_QUEUE, KINGUIN_QUEUE), "payment.event-log"]
+    async with running_instances(
+        PAYMENT,
+        lambda overrides: PaymentSettings(**{**common_env, **overrides}),
+        common_env["amqp_url"],
+        queues,
+    ) as start:
+        yield start
 
 
 @pytest.fixture
@@ -177,11 +199,7 @@ async def postgres_proxy() -> AsyncIterator[TcpProxy]:
 
 
 StartEmail = Callable[..., Awaitable[RunningService]]
-EMAIL_QUEUES = [
-    f"{queue}{suffix}"
-    for queue in (OTP_QUEUE, NOTIFICATIONS_QUEUE)
-    for suffix in ("", ".retry.0", ".retry.1", ".dlq")
-] + ["email.event-log"]
+EMAIL_QUEUES = [*queue_family(OTP_QUEUE, NOTIFICATIONS_QUEUE), "email.event-log"]
 
 
 @pytest.fixture
@@ -190,29 +208,20 @@ async def start_email(common_env: dict[str, Any]) -> AsyncIterator[StartEmail]:
 
     Retries are fast here (0.05 s doubling) so that failure paths finish soon.
     """
-    await infra.delete_queues(common_env["amqp_url"], EMAIL_QUEUES)
-    running: list[RunningService] = []
-
-    async def start(**overrides: Any) -> RunningService:
-        values = {
-            **common_env,
-            "smtp_timeout_seconds": 2.0,
-            "email_retry_base_seconds": 0.05,
-            "email_retry_max_seconds": 0.2,
-            "email_poll_seconds": 0.1,
-            "email_lease_seconds": 5.0,
-            **overrides,
-        }
-        service = await start_service(EMAIL, EmailSettings(**values))
-        for consumer in service.runtime.consumers:
-            assert await consumer.wait_consuming(10), consumer.queue_name
-        running.append(service)
-        return service
-
-    yield start
-    for service in reversed(running):
-        await service.stop()
-    await infra.delete_queues(common_env["amqp_url"], EMAIL_QUEUES)
+    fast = {
+        "smtp_timeout_seconds": 2.0,
+        "email_retry_base_seconds": 0.05,
+        "email_retry_max_seconds": 0.2,
+        "email_poll_seconds": 0.1,
+        "email_lease_seconds": 5.0,
+    }
+    async with running_instances(
+        EMAIL,
+        lambda overrides: EmailSettings(**{**common_env, **fast, **overrides}),
+        common_env["amqp_url"],
+        EMAIL_QUEUES,
+    ) as start:
+        yield start
 
 
 StartOtp = Callable[..., Awaitable[RunningService]]
@@ -229,23 +238,14 @@ async def start_otp(
     common_env: dict[str, Any], key_dir: Path, otp_clock: ManualClock
 ) -> AsyncIterator[StartOtp]:
     """Start otp instances that share ``otp_clock``; all stop after the test."""
-    queues = ["otp.event-log"]
-    await infra.delete_queues(common_env["amqp_url"], queues)
-    spec = build_spec(otp_clock)
-    running: list[RunningService] = []
-
-    async def start(**overrides: Any) -> RunningService:
-        values = {
-            **common_env,
-            "jwt_private_key_file": key_dir / "jwt-private.pem",
-            "otp_hash_secret": OTP_HASH_SECRET,
-            **overrides,
-        }
-        service = await start_service(spec, OtpSettings(**values))
-        running.append(service)
-        return service
-
-    yield start
-    for service in reversed(running):
-        await service.stop()
-    await infra.delete_queues(common_env["amqp_url"], queues)
+    signing = {
+        "jwt_private_key_file": key_dir / "jwt-private.pem",
+        "otp_hash_secret": OTP_HASH_SECRET,
+    }
+    async with running_instances(
+        build_spec(otp_clock),
+        lambda overrides: OtpSettings(**{**common_env, **signing, **overrides}),
+        common_env["amqp_url"],
+        ["otp.event-log"],
+    ) as start:
+        yield start
